@@ -1,0 +1,88 @@
+"""Command line: ``phasespace run | reference``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from phasespace.config import load_spec
+    from phasespace.sweep import default_out_dir, run_sweep
+
+    spec = load_spec(args.spec)  # validated before any compute
+    out = args.out or default_out_dir(spec)
+    result = run_sweep(spec, out, spec_path=args.spec, progress=not args.quiet)
+    runs = result.runs
+    env = result.environment
+    print(
+        f"\n{len(runs['index'])} networks, {env['wall_seconds']:.1f} s, "
+        f"{env['network_steps_per_second']:.0f} network-steps/s -> {out}"
+    )
+    alpha = runs["attention_rate"]
+    print(
+        f"{'attention rate':>14} {'n':>3} {'test acc':>9} {'grad sym':>9} {'dist irr':>9} "
+        f"{'d.i. (lw)':>9} {'circular':>8}"
+    )
+    for a in np.unique(alpha):
+        sel = alpha == a
+        print(
+            f"{a:14.3f} {sel.sum():3d} {np.nanmean(runs['test_accuracy'][sel]):9.4f} "
+            f"{np.nanmean(runs['gradient_symmetricity'][sel]):9.4f} "
+            f"{np.nanmean(runs['distance_irrelevance'][sel]):9.4f} "
+            f"{np.nanmean(runs['distance_irrelevance_largest_wrong'][sel]):9.4f} "
+            f"{np.mean(runs['circular'][sel]):8.2f}"
+        )
+    return 0
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from phasespace.reference import evaluate_reference_dir
+
+    rows = evaluate_reference_dir(args.dir, out_csv=args.out)
+    cols = [
+        "run",
+        "attention_rate",
+        "n_layers",
+        "d_model",
+        "accuracy",
+        "gradient_symmetricity",
+        "distance_irrelevance",
+        "distance_irrelevance_largest_wrong",
+        "circularity",
+        "param_norm",
+    ]
+    print(" ".join(f"{c[:12]:>12}" for c in cols))
+    for r in rows:
+        print(" ".join(f"{r[c]:>12.5g}" if isinstance(r[c], float) else f"{r[c]!s:>12}" for c in cols))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``phasespace`` console script."""
+    parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a sweep and write its directory")
+    run.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/quick.toml")
+    run.add_argument("--out", help="sweep directory (default runs/<name>)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(fn=_cmd_run)
+    ref = sub.add_parser("reference", help="evaluate the paper's released transformer checkpoints")
+    ref.add_argument("dir", nargs="?", default="../shared/reference", help="folder of <runid>.npz/.json")
+    ref.add_argument("--out", help="write the table as CSV here")
+    ref.set_defaults(fn=_cmd_reference)
+    args = parser.parse_args(argv)
+    from phasespace.config import SpecError
+
+    try:
+        return args.fn(args)
+    except (SpecError, FileNotFoundError) as e:
+        print(f"phasespace: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

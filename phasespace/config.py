@@ -1,0 +1,443 @@
+"""Sweep specs: TOML loading, validation with clear errors, expansion into networks and buckets.
+
+A spec has four tables::
+
+    name = "quick"
+    [axes]            # each field: a value, a list (a grid axis), or a distribution table
+    p = 31
+    d_model = 32
+    attention_rate = [0.0, 0.5, 1.0]
+    seed = [0, 1]
+    [sampling]        # only when an axis is a distribution
+    n = 100           # networks drawn per grid point
+    seed = 0
+    [train]
+    steps = 3000
+    [analysis]
+    n_triples = 100
+
+Grid axes are crossed (Cartesian product, in the order of :data:`AXES`); distribution axes are
+drawn independently for each of ``sampling.n`` networks per grid point. Distributions:
+``{dist = "uniform", low, high}``, ``{dist = "log2uniform", low, high}`` (2^U(low, high), the
+paper's widths, rounded down to an integer for integer axes) and ``{dist = "randint", low, high}``
+(integers in [low, high)).
+
+Everything is validated before any compute; errors name the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from phasespace.models.transformer import ACTIVATIONS, TransformerArch
+from phasespace.population import NetworkSpec
+from phasespace.train import PRECISIONS, Recipe
+
+AXES: dict[str, Any] = {
+    "p": 59,
+    "n_layers": 1,
+    "n_heads": 4,
+    "act": "relu",
+    "diff_vocab": False,
+    "eqn_sign": False,
+    "d_model": 128,
+    "attention_rate": 0.0,
+    "lr": 1e-3,
+    "weight_decay": 2.0,
+    "train_fraction": 0.8,
+    "seed": 0,
+    "data_seed": -1,
+}
+"""Every sweepable axis with its default (the paper's recipe; ``data_seed = -1`` means "= seed")."""
+
+STATIC_AXES = ("p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
+"""Axes that change the compiled program: networks differing in them go to different buckets."""
+
+INT_AXES = ("p", "n_layers", "n_heads", "d_model", "seed", "data_seed")
+BOOL_AXES = ("diff_vocab", "eqn_sign")
+FLOAT_AXES = ("attention_rate", "lr", "weight_decay", "train_fraction")
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 20_000,
+    "chunk_steps": 500,
+    "precision": "float32",
+    "warmup_steps": 10,
+    "b1": 0.9,
+    "b2": 0.98,
+    "eps": 1e-8,
+    "log_every": 100,
+}
+ANALYSIS_DEFAULTS: dict[str, Any] = {"n_triples": 100, "triple_seed": 42}
+SAMPLING_DEFAULTS: dict[str, Any] = {"n": 0, "seed": 0}
+TOP_KEYS = ("name", "axes", "sampling", "train", "analysis")
+DISTRIBUTIONS = ("uniform", "log2uniform", "randint")
+
+
+class SpecError(ValueError):
+    """An invalid sweep spec; the message names the field, the value and what is allowed."""
+
+
+def _unknown(kind: str, key: str, allowed: Any) -> SpecError:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return SpecError(f"{kind}: unknown key {key!r}{hint} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep spec.
+
+    Attributes:
+        name: sweep name (default output folder ``runs/<name>``).
+        axes: axis name → a scalar, a tuple (grid) or a distribution dict.
+        sampling: ``n`` (networks per grid point when an axis is a distribution) and ``seed``.
+        train: the recipe fields of :data:`TRAIN_DEFAULTS`.
+        analysis: the fields of :data:`ANALYSIS_DEFAULTS`.
+    """
+
+    name: str
+    axes: Mapping[str, Any]
+    sampling: Mapping[str, Any]
+    train: Mapping[str, Any]
+    analysis: Mapping[str, Any]
+
+    @property
+    def recipe(self) -> Recipe:
+        t = self.train
+        return Recipe(
+            steps=int(t["steps"]),
+            b1=float(t["b1"]),
+            b2=float(t["b2"]),
+            eps=float(t["eps"]),
+            warmup_steps=int(t["warmup_steps"]),
+            precision=str(t["precision"]),
+        )
+
+    @property
+    def grid_axes(self) -> list[str]:
+        """Axes given as lists, in :data:`AXES` order."""
+        return [k for k in AXES if isinstance(self.axes[k], tuple)]
+
+    @property
+    def sampled_axes(self) -> list[str]:
+        return [k for k in AXES if isinstance(self.axes[k], dict)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able resolved spec (every default filled in)."""
+        axes = {k: list(v) if isinstance(v, tuple) else v for k, v in self.axes.items()}
+        return {
+            "name": self.name,
+            "axes": axes,
+            "sampling": dict(self.sampling),
+            "train": dict(self.train),
+            "analysis": dict(self.analysis),
+        }
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of everything that changes results (for resume checks)."""
+        d = self.to_dict()
+        d.pop("name")
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("chunk_steps", "log_every")}
+        return json.dumps(d, sort_keys=True)
+
+
+def _check_value(field: str, key: str, v: Any) -> Any:
+    where = f"{field}"
+    if key in BOOL_AXES:
+        if not isinstance(v, bool):
+            raise SpecError(f"{where}={v!r}: must be true or false")
+        return v
+    if key == "act":
+        if not isinstance(v, str) or v.lower() not in ACTIVATIONS:
+            raise SpecError(f"{where}={v!r}: must be one of {list(ACTIVATIONS)}")
+        return v.lower()
+    if key in INT_AXES:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SpecError(f"{where}={v!r}: must be an integer")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise SpecError(f"{where}={v!r}: must be a finite number")
+    if key == "p" and not (_is_prime(v) and v >= 3):
+        raise SpecError(f"{where}={v!r}: the modulus p must be a prime ≥ 3")
+    if key == "n_layers" and not 1 <= v <= 8:
+        raise SpecError(f"{where}={v!r}: must be an integer in [1, 8]")
+    if key == "n_heads" and v < 1:
+        raise SpecError(f"{where}={v!r}: must be ≥ 1")
+    if key == "d_model" and v < 1:
+        raise SpecError(f"{where}={v!r}: must be a positive width (≥ n_heads)")
+    if key == "attention_rate" and not 0.0 <= v <= 1.0:
+        raise SpecError(f"{where}={v!r}: the attention rate must be in [0, 1]")
+    if key == "lr" and not v > 0:
+        raise SpecError(f"{where}={v!r}: the learning rate must be > 0")
+    if key == "weight_decay" and not v >= 0:
+        raise SpecError(f"{where}={v!r}: the weight decay must be ≥ 0")
+    if key == "train_fraction" and not 0.0 < v < 1.0:
+        raise SpecError(f"{where}={v!r}: the train fraction must be in (0, 1)")
+    if key == "seed" and not 0 <= v < 2**32:
+        raise SpecError(f"{where}={v!r}: must be in [0, 2**32)")
+    if key == "data_seed" and not -1 <= v < 2**32:
+        raise SpecError(f"{where}={v!r}: must be -1 (same as seed) or in [0, 2**32)")
+    return float(v) if key in FLOAT_AXES else v
+
+
+def _check_axis(key: str, v: Any) -> Any:
+    field = f"axes.{key}"
+    if isinstance(v, list):
+        if not v:
+            raise SpecError(f"{field}=[]: a grid axis needs at least one value")
+        vals = tuple(_check_value(f"{field}[{i}]", key, x) for i, x in enumerate(v))
+        if len(set(vals)) != len(vals):
+            raise SpecError(f"{field}={v!r}: grid values must be distinct")
+        return vals
+    if isinstance(v, dict):
+        if key in BOOL_AXES or key == "act":
+            raise SpecError(f"{field}: {key} cannot be sampled from a distribution; give a list")
+        d = dict(v)
+        for k in d:
+            if k not in ("dist", "low", "high"):
+                raise _unknown(field, k, ("dist", "low", "high"))
+        if d.get("dist") not in DISTRIBUTIONS:
+            raise SpecError(f"{field}.dist={d.get('dist')!r}: must be one of {list(DISTRIBUTIONS)}")
+        for k in ("low", "high"):
+            if k not in d or isinstance(d[k], bool) or not isinstance(d[k], (int, float)):
+                raise SpecError(f"{field}.{k}={d.get(k)!r}: must be a number")
+        if not d["low"] < d["high"]:
+            raise SpecError(f"{field}: low={d['low']!r} must be < high={d['high']!r}")
+        if d["dist"] == "randint" and key not in INT_AXES:
+            raise SpecError(f"{field}.dist='randint': only for integer axes {list(INT_AXES)}")
+        if d["dist"] == "log2uniform":
+            ends = (2.0 ** d["low"], 2.0 ** d["high"])
+        else:
+            ends = (d["low"], d["high"] - (1 if d["dist"] == "randint" else 0))
+        for e in ends:
+            x = math.floor(e) if key in INT_AXES else float(e)
+            _check_value(f"{field} (range end {e!r})", key, x)
+        if key in STATIC_AXES:
+            raise SpecError(
+                f"{field}: {key} changes the compiled program; give it as a list, not a distribution"
+            )
+        return d
+    return _check_value(field, key, v)
+
+
+def _check_table(name: str, raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{name}={raw!r}: must be a table")
+    out = dict(defaults)
+    for k, v in raw.items():
+        if k not in defaults:
+            raise _unknown(name, k, defaults)
+        out[k] = v
+    return out
+
+
+def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
+    """Validate a spec given as a dict (the parsed TOML).
+
+    Raises:
+        SpecError: for the first invalid field, naming it, its value and what is allowed.
+    """
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise _unknown("spec", k, TOP_KEYS)
+    sweep_name = raw.get("name", name or "sweep")
+    if not isinstance(sweep_name, str) or not sweep_name or any(c in sweep_name for c in "/\\"):
+        raise SpecError(f"name={sweep_name!r}: must be a non-empty string without slashes")
+    axes_raw = _check_table("axes", raw.get("axes"), AXES)
+    axes = {k: _check_axis(k, v) for k, v in axes_raw.items()}
+    sampling = _check_table("sampling", raw.get("sampling"), SAMPLING_DEFAULTS)
+    train = _check_table("train", raw.get("train"), TRAIN_DEFAULTS)
+    analysis = _check_table("analysis", raw.get("analysis"), ANALYSIS_DEFAULTS)
+
+    for k in ("n", "seed"):
+        if isinstance(sampling[k], bool) or not isinstance(sampling[k], int) or sampling[k] < 0:
+            raise SpecError(f"sampling.{k}={sampling[k]!r}: must be an integer ≥ 0")
+    sampled = [k for k, v in axes.items() if isinstance(v, dict)]
+    if sampled and sampling["n"] < 1:
+        raise SpecError(
+            f"sampling.n={sampling['n']!r}: axes {sampled} are distributions, so sampling.n must be ≥ 1"
+        )
+    if not sampled and sampling["n"] > 0:
+        raise SpecError(f"sampling.n={sampling['n']!r}: no axis is a distribution; remove it or give one")
+    for k in ("steps", "chunk_steps", "log_every"):
+        v = train[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SpecError(f"train.{k}={v!r}: must be a positive integer")
+    w = train["warmup_steps"]
+    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        raise SpecError(f"train.warmup_steps={w!r}: must be an integer ≥ 0")
+    if train["precision"] not in PRECISIONS:
+        raise SpecError(f"train.precision={train['precision']!r}: must be one of {list(PRECISIONS)}")
+    for k in ("b1", "b2"):
+        v = train[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise SpecError(f"train.{k}={v!r}: must be in [0, 1)")
+    if isinstance(train["eps"], bool) or not isinstance(train["eps"], (int, float)) or not train["eps"] > 0:
+        raise SpecError(f"train.eps={train['eps']!r}: must be > 0")
+    n_t = analysis["n_triples"]
+    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
+        raise SpecError(f"analysis.n_triples={n_t!r}: must be a positive integer")
+    if isinstance(analysis["triple_seed"], bool) or not isinstance(analysis["triple_seed"], int):
+        raise SpecError(f"analysis.triple_seed={analysis['triple_seed']!r}: must be an integer")
+
+    spec = SweepSpec(sweep_name, axes, sampling, train, analysis)
+    _check_combinations(spec)
+    return spec
+
+
+def _values(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, tuple) else [v]
+
+
+def _check_combinations(spec: SweepSpec) -> None:
+    a = spec.axes
+    heads = _values(a["n_heads"])
+    widths = (
+        _values(a["d_model"]) if not isinstance(a["d_model"], dict) else [int(2.0 ** a["d_model"]["low"])]
+    )
+    if isinstance(a["d_model"], dict) and a["d_model"]["dist"] != "log2uniform":
+        widths = [int(a["d_model"]["low"])]
+    for d in widths:
+        for h in heads:
+            if d < h:
+                raise SpecError(
+                    f"axes.d_model={d!r}: must be ≥ n_heads={h} (d_head = floor(d_model/n_heads))"
+                )
+    for p in _values(a["p"]):
+        for f in _values(a["train_fraction"]) if not isinstance(a["train_fraction"], dict) else []:
+            k = math.floor(f * p * p)
+            if k == 0 or k == p * p:
+                raise SpecError(f"axes.train_fraction={f!r}: with p={p} gives {k} of {p * p} training pairs")
+
+
+def load_spec(path: str) -> SweepSpec:
+    """Read and validate a TOML sweep spec.
+
+    Raises:
+        SpecError: invalid content (the message names the field); FileNotFoundError.
+    """
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{path}: not valid TOML: {e}") from e
+    return parse_spec(raw, name=os.path.splitext(os.path.basename(path))[0])
+
+
+# --------------------------------------------------------------------------------------------- #
+# Expansion
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """One network of a sweep: its index (row of the runs table) and every axis value."""
+
+    index: int
+    values: Mapping[str, Any]
+
+    def spec(self) -> NetworkSpec:
+        v = self.values
+        return NetworkSpec(
+            seed=int(v["seed"]),
+            data_seed=None if int(v["data_seed"]) < 0 else int(v["data_seed"]),
+            attention_rate=float(v["attention_rate"]),
+            d_model=int(v["d_model"]),
+            lr=float(v["lr"]),
+            weight_decay=float(v["weight_decay"]),
+            train_fraction=float(v["train_fraction"]),
+        )
+
+    def static_key(self) -> tuple[Any, ...]:
+        return tuple(self.values[k] for k in STATIC_AXES)
+
+
+def _draw(key: str, d: Mapping[str, Any], rng: np.random.Generator) -> Any:
+    if d["dist"] == "uniform":
+        x = rng.uniform(d["low"], d["high"])
+    elif d["dist"] == "log2uniform":
+        x = 2.0 ** rng.uniform(d["low"], d["high"])
+    else:
+        x = rng.integers(int(d["low"]), int(d["high"]))
+    return math.floor(x) if key in INT_AXES else float(x)
+
+
+def expand(spec: SweepSpec) -> list[Network]:
+    """All networks of the sweep, in a deterministic order (grid points, then samples).
+
+    A sampled axis value of network i depends only on ``sampling.seed`` and i's position, so
+    the expansion is reproducible.
+    """
+    grid = spec.grid_axes
+    sampled = spec.sampled_axes
+    fixed = {k: v for k, v in spec.axes.items() if k not in grid and k not in sampled}
+    rng = np.random.default_rng(spec.sampling["seed"])
+    out: list[Network] = []
+    n_samples = spec.sampling["n"] if sampled else 1
+    for combo in itertools.product(*(spec.axes[k] for k in grid)):
+        for _ in range(n_samples):
+            values = dict(fixed)
+            values.update(zip(grid, combo, strict=True))
+            for k in sampled:
+                values[k] = _draw(k, spec.axes[k], rng)
+            out.append(Network(len(out), {k: values[k] for k in AXES}))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """A group of networks sharing one compiled program.
+
+    Attributes:
+        key: a stable name (used for checkpoint folders).
+        arch: static architecture at the bucket width.
+        networks: the sweep's networks in this bucket (run-axis order).
+    """
+
+    key: str
+    arch: TransformerArch
+    networks: tuple[Network, ...]
+
+
+def plan_buckets(networks: list[Network]) -> list[Bucket]:
+    """Group networks by static axes; each group is one bucket at its largest width.
+
+    (Several width buckets per group, trading padding against compiled programs, are chosen by
+    :func:`phasespace.buckets.plan_widths` when available.)
+    """
+    groups: dict[tuple[Any, ...], list[Network]] = {}
+    for n in networks:
+        groups.setdefault(n.static_key(), []).append(n)
+    buckets = []
+    for key, nets in groups.items():
+        vals = dict(zip(STATIC_AXES, key, strict=True))
+        width = max(int(n.values["d_model"]) for n in nets)
+        arch = TransformerArch(
+            p=vals["p"],
+            d_model=width,
+            n_layers=vals["n_layers"],
+            n_heads=vals["n_heads"],
+            act=vals["act"],
+            diff_vocab=vals["diff_vocab"],
+            eqn_sign=vals["eqn_sign"],
+        )
+        name = (
+            f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
+            f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
+        )
+        buckets.append(Bucket(name, arch, tuple(nets)))
+    return buckets

@@ -1,0 +1,87 @@
+"""Modular-addition data: the full table of p² inputs and per-network train/test splits (SPEC §1)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Static description of the modular-addition task (SPEC §1).
+
+    Attributes:
+        p: the modulus (a prime ≥ 3); labels are (a + b) mod p.
+        diff_vocab: separate operand vocabulary (token b is encoded as b + p, V = 2p).
+        eqn_sign: append an equals token with id V − 1 (n_ctx = 3, V grows by one).
+    """
+
+    p: int
+    diff_vocab: bool = False
+    eqn_sign: bool = False
+
+    @property
+    def vocab(self) -> int:
+        """Vocabulary size V (logits range over all V classes; labels are < p)."""
+        return (2 * self.p if self.diff_vocab else self.p) + (1 if self.eqn_sign else 0)
+
+    @property
+    def n_ctx(self) -> int:
+        """Sequence length: 2 operands, plus the equals token when ``eqn_sign``."""
+        return 3 if self.eqn_sign else 2
+
+    @property
+    def n_pairs(self) -> int:
+        return self.p * self.p
+
+
+def all_pairs(task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """All p² inputs of the task in lexicographic order (a, then b).
+
+    Row ``i`` holds the pair a = i // p, b = i % p.
+
+    Returns:
+        tokens: int32 array of shape (p², n_ctx): a, b (+ p if ``diff_vocab``), and the equals
+            token V − 1 if ``eqn_sign``.
+        labels: int32 array of shape (p²,): (a + b) mod p.
+    """
+    p = task.p
+    a, b = np.divmod(np.arange(p * p, dtype=np.int64), p)
+    cols = [a, b + p if task.diff_vocab else b]
+    if task.eqn_sign:
+        cols.append(np.full_like(a, task.vocab - 1))
+    tokens = np.stack(cols, axis=1).astype(np.int32)
+    labels = ((a + b) % p).astype(np.int32)
+    return tokens, labels
+
+
+def n_train(p: int, train_fraction: float) -> int:
+    """Number of training pairs, floor(f · p²) (SPEC §1: p = 59, f = 0.8 → 2784)."""
+    return int(np.floor(train_fraction * p * p))
+
+
+def train_mask(p: int, train_fraction: float, data_seed: int) -> np.ndarray:
+    """One network's train/test split over the p² pairs of :func:`all_pairs`.
+
+    The split depends only on ``(p, train_fraction, data_seed)``: a NumPy PCG64 permutation of the
+    p² pair indices seeded by ``data_seed``, whose first floor(f · p²) entries are the training set.
+
+    Returns:
+        bool array of shape (p²,): True for training pairs, False for held-out pairs.
+
+    Raises:
+        ValueError: if ``train_fraction`` is not in (0, 1) or the split would leave either side empty.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction={train_fraction!r}: must be in (0, 1)")
+    k = n_train(p, train_fraction)
+    if k == 0 or k == p * p:
+        raise ValueError(
+            f"train_fraction={train_fraction!r} with p={p} gives {k} of {p * p} training pairs: "
+            "both the train and the test split must be non-empty"
+        )
+    perm = np.random.default_rng(int(data_seed)).permutation(p * p)
+    mask = np.zeros(p * p, dtype=bool)
+    mask[perm[:k]] = True
+    return mask
