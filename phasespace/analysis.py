@@ -16,6 +16,7 @@ import numpy as np
 
 from phasespace.data import all_pairs
 from phasespace.metrics import circuit
+from phasespace.models.fast import logits_table
 from phasespace.models.transformer import Transformer, TransformerArch
 from phasespace.train import cross_entropy
 
@@ -50,6 +51,7 @@ def analyze_network(
     labels: jax.Array,
     triple_tokens: jax.Array,
     triple_classes: jax.Array,
+    fast: bool = True,
 ) -> dict[str, jax.Array]:
     """All SPEC §5.1–5.3, §5.6 metrics of one network (vmap over the run axis for a population).
 
@@ -60,6 +62,8 @@ def analyze_network(
         train_mask: bool (p²,), the network's training pairs.
         tokens, labels: the full table (p², n_ctx), (p²,).
         triple_tokens, triple_classes: the gradient-symmetricity sample, (S, n_ctx) and (S,).
+        fast: compute the logit table by the exact fast path when the bucket allows it
+            (:func:`phasespace.models.fast.logits_table`).
 
     Returns:
         dict of scalars: ``loss``/``accuracy`` (all p² pairs), ``train_loss``, ``test_loss``,
@@ -70,7 +74,7 @@ def analyze_network(
     """
     model = Transformer(arch)
     p = arch.p
-    logits = model.apply(params, tokens, attention_rate, attn_scale)
+    logits = logits_table(arch, params, attention_rate, attn_scale, tokens, fast)
     losses = cross_entropy(logits, labels)
     correct = jnp.argmax(logits, axis=-1) == labels
     n = labels.shape[0]

@@ -9,13 +9,26 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _start_devices(args: argparse.Namespace) -> None:
+    """Multi-process start-up and CPU devices, before JAX initialises its backends."""
+    from phasespace import parallel
+
+    distributed = parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if not distributed:
+        parallel.use_cpu_devices(args.cpu_devices)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from phasespace.config import load_spec
-    from phasespace.sweep import default_out_dir, run_sweep
 
     spec = load_spec(args.spec)  # validated before any compute
+    _start_devices(args)
+    from phasespace.sweep import default_out_dir, run_sweep
+
     out = args.out or default_out_dir(spec)
     result = run_sweep(spec, out, spec_path=args.spec, progress=not args.quiet)
+    if result is None:
+        return 0
     runs = result.runs
     env = result.environment
     print(
@@ -61,6 +74,29 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("devices and hosts")
+    g.add_argument(
+        "--coordinator",
+        help="host:port of process 0 for a multi-host run (jax.distributed; env PHASESPACE_COORDINATOR)",
+    )
+    g.add_argument(
+        "--num-processes", type=int, help="processes in a multi-host run (env PHASESPACE_NUM_PROCESSES)"
+    )
+    g.add_argument("--process-id", type=int, help="this process's index (env PHASESPACE_PROCESS_ID)")
+    g.add_argument(
+        "--cpu-devices",
+        type=int,
+        help="CPU devices to shard the networks over when no accelerator is used (default: one per core)",
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from phasespace.bench import main as bench_main
+
+    return bench_main(args.args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasespace`` console script."""
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
@@ -69,17 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/quick.toml")
     run.add_argument("--out", help="sweep directory (default runs/<name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_options(run)
     run.set_defaults(fn=_cmd_run)
+    bench = sub.add_parser("bench", help="measure throughput (same as python benchmarks/bench.py)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of benchmarks/bench.py (see --help)")
+    bench.set_defaults(fn=_cmd_bench)
     ref = sub.add_parser("reference", help="evaluate the paper's released transformer checkpoints")
     ref.add_argument("dir", nargs="?", default="../shared/reference", help="folder of <runid>.npz/.json")
     ref.add_argument("--out", help="write the table as CSV here")
     ref.set_defaults(fn=_cmd_reference)
     args = parser.parse_args(argv)
     from phasespace.config import SpecError
+    from phasespace.memory import DeviceMemoryError
+    from phasespace.parallel import DistributedConfigError
 
     try:
         return args.fn(args)
-    except (SpecError, FileNotFoundError) as e:
+    except (SpecError, FileNotFoundError, DeviceMemoryError, DistributedConfigError) as e:
         print(f"phasespace: error: {e}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from phasespace.memory import parse_bytes
 from phasespace.models.transformer import ACTIVATIONS, TransformerArch
 from phasespace.population import NetworkSpec
 from phasespace.train import PRECISIONS, Recipe
@@ -76,6 +77,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "b2": 0.98,
     "eps": 1e-8,
     "log_every": 100,
+    "fast": True,
+    "group_size": "auto",
+    "memory_limit": "auto",
 }
 ANALYSIS_DEFAULTS: dict[str, Any] = {"n_triples": 100, "triple_seed": 42}
 SAMPLING_DEFAULTS: dict[str, Any] = {"n": 0, "seed": 0}
@@ -125,6 +129,7 @@ class SweepSpec:
             eps=float(t["eps"]),
             warmup_steps=int(t["warmup_steps"]),
             precision=str(t["precision"]),
+            fast=bool(t["fast"]),
         )
 
     @property
@@ -151,7 +156,8 @@ class SweepSpec:
         """Canonical JSON of everything that changes results (for resume checks)."""
         d = self.to_dict()
         d.pop("name")
-        d["train"] = {k: v for k, v in d["train"].items() if k not in ("chunk_steps", "log_every")}
+        execution = ("chunk_steps", "log_every", "group_size", "memory_limit")
+        d["train"] = {k: v for k, v in d["train"].items() if k not in execution}
         return json.dumps(d, sort_keys=True)
 
 
@@ -281,6 +287,15 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
     w = train["warmup_steps"]
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
         raise SpecError(f"train.warmup_steps={w!r}: must be an integer ≥ 0")
+    if not isinstance(train["fast"], bool):
+        raise SpecError(f"train.fast={train['fast']!r}: must be true (exact fast path when possible) or false")
+    g = train["group_size"]
+    if g != "auto" and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+        raise SpecError(f"train.group_size={g!r}: must be 'auto' or a positive integer")
+    try:
+        parse_bytes(train["memory_limit"], "train.memory_limit")
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     if train["precision"] not in PRECISIONS:
         raise SpecError(f"train.precision={train['precision']!r}: must be one of {list(PRECISIONS)}")
     for k in ("b1", "b2"):

@@ -14,10 +14,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from phasespace import phase, plots, store
-from phasespace.analysis import analyze_population
+from phasespace import parallel, phase, plots, store
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
+from phasespace.engine import analyze_sharded, effective_precision
+from phasespace.memory import parse_bytes, plan_training
 from phasespace.metrics.circuit import CIRCULAR_THRESHOLD
+from phasespace.models.fast import supports_fast
 from phasespace.population import build_population
 from phasespace.train import HISTORY_FIELDS, TrainState, train_population
 
@@ -40,6 +42,8 @@ RUN_COLUMNS = (
     "collapsed",
     "nonfinite_step",
     "steps",
+    "precision",
+    "compute",
 )
 """Metric columns of ``runs.csv`` (after ``index``, ``bucket`` and every axis of
 :data:`phasespace.config.AXES`)."""
@@ -60,7 +64,11 @@ def environment(spec: SweepSpec) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
+        "process_count": jax.process_count(),
         "precision": spec.train["precision"],
+        "precision_effective": effective_precision(spec.train["precision"], jax.default_backend()),
+        "analysis_precision": "float32",
+        "fast": spec.train["fast"],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
@@ -70,8 +78,11 @@ def train_bucket(
     spec: SweepSpec,
     progress: bool = True,
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    layouts: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Train and analyse one bucket.
+    """Train and analyse one bucket (sharded over every device; see :mod:`phasespace.engine`).
+
+    ``layouts``, if given, receives the bucket's device layout and memory plan under its key.
 
     Returns:
         ``(rows, history)``: one runs-table row per network (bucket order) and training curves
@@ -79,11 +90,20 @@ def train_bucket(
     """
     recipe = spec.recipe
     pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
+    t = spec.train
+    plan = plan_training(
+        bucket.arch,
+        recipe,
+        pop.size,
+        t["chunk_steps"],
+        memory_limit=parse_bytes(t["memory_limit"]),
+        group_size=None if t["group_size"] == "auto" else int(t["group_size"]),
+    )
     bar = tqdm(
         total=recipe.steps,
         desc=f"{bucket.key} ({pop.size} networks)",
         unit="step",
-        disable=not progress,
+        disable=not (progress and parallel.is_main_process()),
         dynamic_ncols=True,
     )
 
@@ -96,18 +116,24 @@ def train_bucket(
         if on_chunk is not None:
             on_chunk(state, h)
 
-    state, hist = train_population(pop, recipe, spec.train["chunk_steps"], on_chunk=chunk_done)
+    state, hist = train_population(pop, recipe, t["chunk_steps"], on_chunk=chunk_done, layout=plan.layout)
     bar.close()
-    m = analyze_population(
+    m = analyze_sharded(
         bucket.arch,
         state.params,
         pop.hparams["attention_rate"],
         pop.hparams["attn_scale"],
         pop.hparams["train_mask"],
+        plan.layout,
         n_triples=spec.analysis["n_triples"],
         triple_seed=spec.analysis["triple_seed"],
+        fast=recipe.fast,
     )
-    host = jax.tree_util.tree_map(np.asarray, state._replace(params=None, opt_state=None))
+    host = parallel.tree_to_host(state._replace(params=None, opt_state=None))
+    precision = effective_precision(recipe.precision, jax.default_backend())
+    compute = "fast" if recipe.fast and supports_fast(bucket.arch) else "plain"
+    if layouts is not None:
+        layouts[bucket.key] = plan.describe()
     rows = []
     for i, net in enumerate(bucket.networks):
         row: dict[str, Any] = {"index": net.index, "bucket": bucket.key, **net.values}
@@ -118,6 +144,8 @@ def train_bucket(
         row["collapsed"] = bool(host.collapsed[i])
         row["nonfinite_step"] = int(host.nonfinite_step[i])
         row["steps"] = int(host.step[i])
+        row["precision"] = precision
+        row["compute"] = compute
         rows.append(row)
     log_every = spec.train["log_every"]
     n_steps = hist["train_loss"].shape[1]
@@ -129,7 +157,7 @@ def train_bucket(
 
 def run_sweep(
     spec: SweepSpec, out_dir: str, spec_path: str | None = None, progress: bool = True
-) -> store.SweepResult:
+) -> store.SweepResult | None:
     """Run a whole sweep and write its directory (see :mod:`phasespace.store`).
 
     Args:
@@ -139,33 +167,48 @@ def run_sweep(
         progress: show a progress bar with ETA per bucket.
 
     Returns:
-        The written sweep, loaded back (:func:`phasespace.store.load_sweep`).
+        The written sweep, loaded back (:func:`phasespace.store.load_sweep`); None on a process
+        other than 0 of a multi-host run that cannot see process 0's directory.
     """
     networks = expand(spec)
     buckets = plan_buckets(networks)
-    os.makedirs(out_dir, exist_ok=True)
-    if spec_path is not None:
-        with open(spec_path, "rb") as f:
-            store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
-    store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+    main = parallel.is_main_process()  # in a jax.distributed run every process trains its shard;
+    if main:  # process 0 alone writes the one sweep directory
+        os.makedirs(out_dir, exist_ok=True)
+        if spec_path is not None:
+            with open(spec_path, "rb") as f:
+                store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
+        store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
     env = environment(spec)
-    store.write_json(os.path.join(out_dir, "environment.json"), env)
+    if main:
+        store.write_json(os.path.join(out_dir, "environment.json"), env)
 
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
+    layouts: dict[str, Any] = {}
     for b in buckets:
-        r, h = train_bucket(b, spec, progress=progress)
+        r, h = train_bucket(b, spec, progress=progress, layouts=layouts)
         rows.extend(r)
         histories.append(([n.index for n in b.networks], h))
     wall = time.perf_counter() - t0
     rows.sort(key=lambda r: r["index"])
-    write_results(spec, out_dir, rows, histories)
     env["wall_seconds"] = wall
     env["networks"] = len(networks)
-    env["buckets"] = [{"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets]
+    env["buckets"] = [
+        {"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model, "layout": layouts.get(b.key)}
+        for b in buckets
+    ]
     env["network_steps_per_second"] = len(networks) * spec.recipe.steps / wall
-    store.write_json(os.path.join(out_dir, "environment.json"), env)
+    if main:
+        write_results(spec, out_dir, rows, histories)
+        store.write_json(os.path.join(out_dir, "environment.json"), env)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("phasespace: results written")
+        if not main and not os.path.exists(os.path.join(out_dir, "runs.csv")):
+            return None  # process 0 wrote the results on its own host
     return store.load_sweep(out_dir)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import optax
 
 from phasespace.data import all_pairs
-from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.fast import logits_table
+from phasespace.models.transformer import TransformerArch
 from phasespace.population import Population
 
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
@@ -50,32 +51,45 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return _ce_fwd(logits, labels)[0]
 
 
-def _ce_parts(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    top = jnp.argmax(logits, axis=-1)
-    e = jnp.exp(logits - m)
-    is_top = jax.nn.one_hot(top, logits.shape[-1], dtype=bool)
-    rest = jnp.sum(jnp.where(is_top, 0.0, e), axis=-1)
-    return m[..., 0], e, rest
-
-
 def _ce_fwd(logits: jax.Array, labels: jax.Array):
-    m, e, rest = _ce_parts(logits)
+    # Σ_{j≠argmax} exp(l_j − m) = Σ_{l_j<m} exp(l_j − m) + (number of tied maxima − 1): the same
+    # sum as excluding the argmax entry, without a (slow on CPU) variadic argmax reduction.
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    is_top = logits == m
+    e = jnp.exp(logits - m)
+    n_top = jnp.sum(is_top, axis=-1, dtype=jnp.int32)
+    rest = jnp.sum(jnp.where(is_top, 0.0, e), axis=-1) + (n_top - 1).astype(logits.dtype)
     label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    loss = (m - label_logit) + jnp.log1p(rest)
-    return loss, (e, rest, labels)
+    loss = (m[..., 0] - label_logit) + jnp.log1p(rest)
+    return loss, (e, rest, labels, label_logit - m[..., 0])
 
 
 def _ce_bwd(res, g):
-    e, rest, labels = res
-    probs = e / (1.0 + rest)[..., None]
-    is_label = jax.nn.one_hot(labels, e.shape[-1], dtype=bool)
-    others = jnp.sum(jnp.where(is_label, 0.0, probs), axis=-1, keepdims=True)
-    grad = jnp.where(is_label, -others, probs)
+    e, rest, labels, label_gap = res
+    total = 1.0 + rest  # Σ_j exp(l_j − m)
+    # Σ_{j≠y} exp(l_j − m): exactly ``rest`` when the label is a maximum (so a loss of 1e-13 keeps
+    # its gradient); otherwise total − exp(l_y − m) ≥ total / 2, without cancellation.
+    others = jnp.where(label_gap >= 0, rest, total - jnp.exp(label_gap)) / total
+    is_label = jax.lax.broadcasted_iota(jnp.int32, e.shape, e.ndim - 1) == labels[..., None]
+    grad = jnp.where(is_label, -others[..., None], e / total[..., None])
     return grad * g[..., None], None
 
 
 cross_entropy.defvjp(_ce_fwd, _ce_bwd)
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, axis=-1)`` (first index of the maximum), as a max and a min reduction.
+
+    Args:
+        logits: float (..., V).
+
+    Returns:
+        int32 (...): the smallest index j with logits[..., j] equal to the row maximum.
+    """
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    idx = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == m, idx, logits.shape[-1]), axis=-1)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -130,6 +144,9 @@ class Recipe:
     eps: float = 1e-8
     warmup_steps: int = 10
     precision: str = "float32"
+    fast: bool = True
+    """Use the exact per-vocabulary computation (:mod:`phasespace.models.fast`) when the bucket
+    allows it (1 layer, no equals token); False forces the plain Flax model."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -169,9 +186,17 @@ def table(arch: TransformerArch) -> tuple[jax.Array, jax.Array]:
 
 
 def evaluate(
-    arch: TransformerArch, params: Any, hp: dict[str, jax.Array], tokens: jax.Array, labels: jax.Array
+    arch: TransformerArch,
+    params: Any,
+    hp: dict[str, jax.Array],
+    tokens: jax.Array,
+    labels: jax.Array,
+    fast: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """One network over the full table: train loss and split statistics.
+
+    ``fast`` selects the exact fast path for 1-layer, two-token buckets
+    (:func:`phasespace.models.fast.logits_table`).
 
     Returns:
         ``(train_loss, stats)``: float32 scalar mean cross-entropy over the training pairs, and a
@@ -179,15 +204,14 @@ def evaluate(
         ``train_accuracy``/``test_accuracy`` (float32, exactly 1.0 when perfect) and ``logits``
         (p², V).
     """
-    model = Transformer(arch)
-    logits = model.apply(params, tokens, hp["attention_rate"], hp["attn_scale"])
+    logits = logits_table(arch, params, hp["attention_rate"], hp["attn_scale"], tokens, fast)
     mask = hp["train_mask"]
     losses = cross_entropy(logits, labels)
     n_tr = jnp.sum(mask)
     n_te = mask.shape[0] - n_tr
     train_loss = jnp.sum(jnp.where(mask, losses, 0.0)) / n_tr
     test_loss = jnp.sum(jnp.where(mask, 0.0, losses)) / jnp.maximum(n_te, 1)
-    correct = jnp.argmax(logits, axis=-1) == labels
+    correct = first_argmax(logits) == labels
     tr_c = jnp.sum(correct & mask).astype(jnp.int32)
     te_c = jnp.sum(correct & ~mask).astype(jnp.int32)
     stats = {
@@ -231,7 +255,7 @@ def train_chunk(
         of :data:`HISTORY_FIELDS`.
     """
     tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
-    grad_fn = jax.value_and_grad(lambda p: evaluate(arch, p, hp, tokens, labels), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p: evaluate(arch, p, hp, tokens, labels, recipe.fast), has_aux=True)
 
     def step(s: TrainState, _):
         (loss, st), grads = grad_fn(s.params)
@@ -282,8 +306,11 @@ def compiled_init(recipe: Recipe):
 
 
 def matmul_precision(precision: str) -> str:
-    """Map a :data:`PRECISIONS` mode to ``jax.default_matmul_precision``'s name."""
-    return {"float32": "highest", "tensorfloat32": "tensorfloat32", "bfloat16": "bfloat16"}[precision]
+    """Map a :data:`PRECISIONS` mode to ``jax.default_matmul_precision``'s name on the default
+    backend (see :func:`phasespace.engine.matmul_precision`)."""
+    from phasespace.engine import matmul_precision as for_platform
+
+    return for_platform(precision, jax.default_backend())
 
 
 def train_population(
@@ -292,8 +319,13 @@ def train_population(
     chunk_steps: int = 500,
     state: TrainState | None = None,
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    layout: Any = None,
 ) -> tuple[TrainState, dict[str, np.ndarray]]:
     """Train every network of ``pop`` for ``recipe.steps`` steps in chunks of ``chunk_steps``.
+
+    The run axis is sharded over every device (across processes in a ``jax.distributed`` run)
+    and split into groups and host chunks that fit device memory (:mod:`phasespace.engine`,
+    :mod:`phasespace.memory`).
 
     Args:
         pop: the population (run axis R).
@@ -303,29 +335,21 @@ def train_population(
             default: fresh.
         on_chunk: called after each chunk with the state and that chunk's history (host arrays
             of shape (R, K)), e.g. for a progress bar or a checkpoint.
+        layout: a :class:`phasespace.parallel.Layout`; default: planned by
+            :func:`phasespace.memory.plan_training` over all devices.
 
     Returns:
         ``(state, history)``: the final state (leaves (R, ...)) and, for each of
         :data:`HISTORY_FIELDS`, a float32 NumPy array (R, steps run in this call).
+
+    Raises:
+        phasespace.memory.DeviceMemoryError: if one network per device does not fit.
     """
+    from phasespace.engine import train_sharded
+    from phasespace.memory import plan_training
+
     if chunk_steps <= 0:
         raise ValueError(f"chunk_steps={chunk_steps}: must be a positive number of steps")
-    tokens, labels = table(pop.arch)
-    with jax.default_matmul_precision(matmul_precision(recipe.precision)):
-        if state is None:
-            state = compiled_init(recipe)(pop.params, pop.hparams)
-        done = int(np.asarray(state.step).reshape(-1)[0])
-        hist: dict[str, list[np.ndarray]] = {k: [] for k in HISTORY_FIELDS}
-        while done < recipe.steps:
-            k = min(chunk_steps, recipe.steps - done)
-            state, h = compiled_chunk(pop.arch, recipe, k)(state, pop.hparams, tokens, labels)
-            h = {key: np.asarray(v) for key, v in h.items()}
-            for key in HISTORY_FIELDS:
-                hist[key].append(h[key])
-            done += k
-            if on_chunk is not None:
-                on_chunk(state, h)
-    out = {
-        k: (np.concatenate(v, axis=1) if v else np.zeros((pop.size, 0), np.float32)) for k, v in hist.items()
-    }
-    return state, out
+    if layout is None:
+        layout = plan_training(pop.arch, recipe, pop.size, chunk_steps).layout
+    return train_sharded(pop.arch, pop.params, pop.hparams, recipe, layout, chunk_steps, state, on_chunk)
