@@ -288,7 +288,7 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
         raise SpecError(f"train.warmup_steps={w!r}: must be an integer ≥ 0")
     if not isinstance(train["fast"], bool):
-        raise SpecError(f"train.fast={train['fast']!r}: must be true (exact fast path when possible) or false")
+        raise SpecError(f"train.fast={train['fast']!r}: must be true (fast path when possible) or false")
     g = train["group_size"]
     if g != "auto" and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
         raise SpecError(f"train.group_size={g!r}: must be 'auto' or a positive integer")

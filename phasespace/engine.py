@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from phasespace import parallel
 from phasespace.data import all_pairs
-from phasespace.models.transformer import TransformerArch
+from phasespace.models.transformer import Transformer, TransformerArch
 from phasespace.train import HISTORY_FIELDS, Recipe, TrainState, init_state, train_chunk
 
 PRECISION_NAMES = {
@@ -71,10 +71,11 @@ def _struct(tree: Any, n: int, sharding: NamedSharding) -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _one_state_shape(arch: TransformerArch, recipe: Recipe) -> tuple[Any, Any]:
-    from phasespace.population import _init_fn
+    def init(key: jax.Array) -> Any:
+        tokens = jnp.zeros((1, arch.n_ctx), jnp.int32)
+        return Transformer(arch).init(key, tokens, jnp.float32(1.0), jnp.float32(1.0))
 
-    params = jax.eval_shape(lambda k: jax.tree_util.tree_map(lambda x: x[0], _init_fn(arch)(k[None])),
-                            jax.random.key(0))
+    params = jax.eval_shape(init, jax.random.key(0))
     hp = {
         "attention_rate": jax.ShapeDtypeStruct((), jnp.float32),
         "attn_scale": jax.ShapeDtypeStruct((), jnp.float32),
@@ -108,6 +109,14 @@ def compiled_sharded_chunk(
     ``n_padded`` sharded ``P("runs")`` (``state`` is donated) and ``tokens``/``labels``
     replicated; returns ``(state, history)`` with history leaves (n_padded, n_steps).
     """
+    return lowered_sharded_chunk(arch, recipe, n_steps, layout, n_padded).compile()
+
+
+def lowered_sharded_chunk(
+    arch: TransformerArch, recipe: Recipe, n_steps: int, layout: parallel.Layout, n_padded: int
+) -> Any:
+    """The lowered (StableHLO) program of :func:`compiled_sharded_chunk`; its text shows the
+    matmul precision that reaches the compiler."""
     mesh = layout.mesh
     name = matmul_precision(recipe.precision, _platform(layout))
 
@@ -125,7 +134,7 @@ def compiled_sharded_chunk(
         _struct(hp1, n_padded, runs),
         jax.ShapeDtypeStruct((n_pairs, n_ctx), jnp.int32, sharding=rep),
         jax.ShapeDtypeStruct((n_pairs,), jnp.int32, sharding=rep),
-    ).compile()
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -17,13 +17,11 @@ and verifies the result by compiling it. If one network per device does not fit,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from phasespace import parallel
@@ -224,28 +222,3 @@ def plan_training(
             chunk = max(1, chunk // 2)
         need = measure(g, chunk) if (g, chunk) != (1, 1) else need1
     return Plan(parallel.Layout(mesh, n_networks, g, chunk * d), need, limit, compiles)
-
-
-@functools.lru_cache(maxsize=8)
-def matmul_peak_flops(n: int = 1024, repeats: int = 5, device: Any = None) -> float:
-    """Measured float32 matmul FLOP/s of one device: best of ``repeats`` (n × n) @ (n × n)
-    products at ``"highest"`` precision (2·n³ FLOPs each), chained 8 deep per call."""
-    import time
-
-    dev = device or jax.devices()[0]
-    x = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / n**0.5, dev)
-
-    @jax.jit
-    def chain(a: jax.Array) -> jax.Array:
-        with jax.default_matmul_precision("highest"):
-            for _ in range(8):
-                a = a @ x
-        return a
-
-    jax.block_until_ready(chain(x))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(chain(x))
-        best = min(best, time.perf_counter() - t)
-    return 8 * 2 * n**3 / best

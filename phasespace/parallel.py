@@ -91,7 +91,9 @@ def initialize_distributed(
             f"${ENV_COORDINATOR}/${ENV_NUM_PROCESSES}/${ENV_PROCESS_ID})"
         )
     if n < 1 or not 0 <= i < n:
-        raise DistributedConfigError(f"num_processes={n}, process_id={i}: need num_processes ≥ 1 and 0 ≤ process_id < it")
+        raise DistributedConfigError(
+            f"num_processes={n}, process_id={i}: need num_processes ≥ 1 and 0 ≤ process_id < num_processes"
+        )
     jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=i)
     return True
 

@@ -2,25 +2,29 @@
 
 The plain model (:class:`phasespace.models.transformer.Transformer`) pushes all p² inputs through
 every matrix product. With two input tokens and one block, everything that is *linear in one
-token's embedding* can instead be computed once per vocabulary entry (p rows) and combined per
-pair by broadcasting; only the 2-key softmax and the MLP nonlinearity need the p² pairs.
+token's embedding* can be computed once per vocabulary entry (p rows) and combined per pair by
+broadcasting; only the 2-key softmax and the MLP nonlinearity need the p² pairs.
 
-Notation (SPEC §2; one network, per-head blocks h = 1…H, token a at position 0, b at position 1):
+Notation (SPEC §2; one network; heads h = 1…H; token a at position 0, token b at position 1):
 
-* X0[a] = W_E[:, a] + W_pos[0],  X1[b] = W_E[:, b′] + W_pos[1]        (p, d); b′ = b (+ p if diff_vocab)
-* Q1[b, h] = W_Q[h] X1[b],  K_i[·, h] = W_K[h] X_i,  V_i[·, h] = W_V[h] X_i     (p, H, d_head)
-* s0[a, b, h] = scale·Q1[b, h]·K0[a, h]  (p, p, H);  s1[b, h] = scale·Q1[b, h]·K1[b, h]  (p, H)
-* m0 = softmax([s0, s1])_0 = σ(s0 − s1),  m1 = σ(s1 − s0);  m′_i = α·m_i + (1 − α)      (SPEC §2)
-* U_i[·, h] = W_O[:, h] V_i[·, h]  (p, H, d): head h's contribution per unit attention weight
-* residual at position 1: r[a, b] = X1[b] + Σ_h m′0[a, b, h]·U0[a, h] + m′1[a, b, h]·U1[b, h]
-* MLP pre-activation (linear in r): W_in r + b_in = (W_in X1[b] + b_in) + Σ_h m′0·(W_in U0[a, h]) + m′1·(W_in U1[b, h])
-* logits = r·W_U + act(pre)·(W_out·W_U)… with r·W_U combined the same way, and W_outᵀ·W_U folded
-  into one (d_mlp, V) matrix where that is cheaper (4·d > 3·V).
+* X0[a] = W_E[:, a] + W_pos[0] and X1[b] = W_E[:, b′] + W_pos[1], (p, d); b′ = b (+ p: diff_vocab).
+* Q1[b, h] = W_Q[h]·X1[b]; K_i, V_i likewise from X_i, (p, H, d_head).
+* s0[a, b, h] = scale·Q1[b, h]·K0[a, h], (p, p, H); s1[b, h] = scale·Q1[b, h]·K1[b, h], (p, H).
+* Softmax over the two keys: m0 = σ(s0 − s1), m1 = σ(s1 − s0); mixed m′_i = α·m_i + (1 − α).
+* U_i[·, h] = W_O[:, h]·V_i[·, h], (p, H, d): head h's output per unit of attention weight.
+* Residual at position 1: r[a, b] = X1[b] + Σ_h (m′0[a, b, h]·U0[a, h] + m′1[a, b, h]·U1[b, h]).
+* The MLP pre-activation W_in·r + b_in and the direct path r·W_U are linear in r, so both are
+  projected once per vocabulary entry (W_in·U_i, W_in·X1, U_i·W_U, X1·W_U) and mixed per pair
+  with the same weights m′ (:func:`pair_mix`).
+* logits = r·W_U + b_out·W_U + act(pre)·W_outᵀ·W_U, with W_outᵀ·W_U folded into one
+  (d_mlp, V) matrix when that is cheaper (4·d > 3·V, :func:`fold_unembedding`).
 
-So the per-pair work is 2·H·(d_mlp + V) multiply-adds for the mixing, the nonlinearity, and one
-(d_mlp → V) product (or d_mlp → d → V), instead of every projection on p² rows. The result equals
-the plain model's up to float32 rounding (``tests/test_fast.py``: logits and gradients, ReLU and
-GeLU, α ∈ {0, 0.3, 1}, padded buckets).
+Per pair this costs 2·H·(d_mlp + V) multiply-adds of mixing, the nonlinearity and one
+d_mlp → V product (or d_mlp → d → V), instead of every projection on p² rows
+(:mod:`phasespace.flops` counts both). The mixing has a hand-written backward pass (one
+contraction per cotangent). The result equals the plain model's to float32
+rounding: ``tests/test_fast.py`` checks logits and gradients for ReLU and GeLU, α ∈ {0, 0.3, 1},
+padded and unpadded buckets and the separate operand vocabulary.
 """
 
 from __future__ import annotations
@@ -98,13 +102,11 @@ def fast_logits(
     # The MLP pre-activation and the direct residual→logit path are linear in the residual r, so
     # they are projected once per vocabulary entry and mixed per pair.
     w_in_t = blk["W_in"].T  # (d, d_mlp)
-    pre = pair_mix_act(arch.act, mix0, mix1, u0 @ w_in_t, u1 @ w_in_t, x1 @ w_in_t + blk["b_in"])
+    post = pair_mix_act(arch.act, mix0, mix1, u0 @ w_in_t, u1 @ w_in_t, x1 @ w_in_t + blk["b_in"])
     direct = pair_mix(mix0, mix1, u0 @ w_u, u1 @ w_u, x1 @ w_u + blk["b_out"] @ w_u)
-    post = pre.reshape(p * p, arch.d_mlp)
-    if fold_unembedding(arch):
-        tail = post @ (blk["W_out"].T @ w_u)
-    else:
-        tail = (post @ blk["W_out"].T) @ w_u
+    post = post.reshape(p * p, arch.d_mlp)
+    w_out_t = blk["W_out"].T  # (d_mlp, d)
+    tail = post @ (w_out_t @ w_u) if fold_unembedding(arch) else (post @ w_out_t) @ w_u
     return direct.reshape(p * p, -1) + tail
 
 

@@ -1,4 +1,4 @@
-"""A straightforward PyTorch one-network-at-a-time training loop (the benchmark's baseline).
+"""A straightforward PyTorch one-network-at-a-time training loop (the benchmarks' baseline).
 
 Written the way the paper's reference implementation trains a transformer (SPEC §2, §4): a
 ``nn.Module`` over the whole sequence (both positions, logits read at the last), full-batch AdamW
@@ -8,7 +8,8 @@ engine computes per network-step (train loss and gradient, held-out loss and acc
 
 ``last_only=True`` is an optimised variant that runs the MLP at the last position alone.
 
-Optional dependency: import fails cleanly when torch is absent (the benchmark then skips it).
+Optional dependency (``pip install torch``, a CPU build is enough): importing this module raises
+ImportError when torch is absent, and the benchmark skips the baseline with a message.
 """
 
 from __future__ import annotations
@@ -61,12 +62,21 @@ class RefTransformer(nn.Module):
 
 
 def train_steps_per_second(
-    p: int, d_model: int, steps: int, repeats: int = 3, last_only: bool = False, seed: int = 0
+    p: int,
+    d_model: int,
+    steps: int,
+    repeats: int = 3,
+    last_only: bool = False,
+    seed: int = 0,
+    threads: int | None = None,
 ) -> float:
     """Best-of-``repeats`` optimizer steps per second of one network trained with the reference loop.
 
-    Each repeat runs ``steps`` full-batch steps (after 2 warm-up steps) on a fresh network.
+    Each repeat runs ``steps`` full-batch steps (after 2 warm-up steps) on a fresh network, with
+    ``threads`` intra-op threads (default: torch's own choice).
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     a, b = np.divmod(np.arange(p * p), p)
     tokens = torch.from_numpy(np.stack([a, b], 1))
@@ -80,7 +90,7 @@ def train_steps_per_second(
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=2.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(t / 10, 1.0))
 
-        def step() -> None:
+        def step(model: RefTransformer = model, opt: torch.optim.Optimizer = opt, sched=sched) -> None:
             logits = model(tokens[tr], last_only)
             loss = nn.functional.cross_entropy(logits.double(), labels[tr])
             opt.zero_grad()

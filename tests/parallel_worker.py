@@ -1,0 +1,49 @@
+"""Subprocess worker for tests/test_parallel.py: train and analyse a tiny population on N CPU
+devices and save the results (run as ``python parallel_worker.py N OUT.npz [GROUP_SIZE]``)."""
+
+import sys
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+
+import numpy as np  # noqa: E402
+
+from phasespace import parallel  # noqa: E402
+from phasespace.engine import analyze_sharded  # noqa: E402
+from phasespace.models.transformer import TransformerArch  # noqa: E402
+from phasespace.population import NetworkSpec, build_population  # noqa: E402
+from phasespace.train import Recipe, train_population  # noqa: E402
+
+
+def main() -> None:
+    n_dev, out = int(sys.argv[1]), sys.argv[2]
+    group = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    assert len(jax.devices()) == n_dev, jax.devices()
+    arch = TransformerArch(p=7, d_model=12)
+    # 6 networks: not a multiple of 4 devices, so the run axis is padded with inert copies
+    nets = [NetworkSpec(seed=i, attention_rate=i / 5, d_model=(8, 12)[i % 2], lr=3e-3) for i in range(6)]
+    pop = build_population(arch, nets)
+    layout = parallel.simple_layout(pop.size, group_size=group)
+    state, hist = train_population(pop, Recipe(steps=12), chunk_steps=6, layout=layout)
+    m = analyze_sharded(
+        arch,
+        state.params,
+        pop.hparams["attention_rate"],
+        pop.hparams["attn_scale"],
+        pop.hparams["train_mask"],
+        layout,
+        n_triples=10,
+    )
+    leaves = {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}
+    np.savez(
+        out,
+        devices=layout.n_devices,
+        **leaves,
+        **{f"h_{k}": v for k, v in hist.items()},
+        **{f"m_{k}": v for k, v in m.items()},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Precision modes: exact float32 by default, TF32/bf16 opt-in, reaching the compiled programs."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from phasespace import engine, parallel
+from phasespace.models.transformer import TransformerArch
+from phasespace.train import Recipe
+
+ARCH = TransformerArch(p=5, d_model=8)
+
+
+def _dot_precisions(text: str) -> tuple[int, set[str]]:
+    """Number of dot_general ops in StableHLO text and their precision / algorithm attributes."""
+    n = len(re.findall(r"stablehlo\.dot_general", text))
+    attrs = set(re.findall(r"precision = \[[A-Z]+, [A-Z]+\]|lhs_precision_type = \w+", text))
+    return n, attrs
+
+
+def test_mode_names_per_platform():
+    assert engine.matmul_precision("float32", "cpu") == "highest"
+    assert engine.matmul_precision("float32", "gpu") == "highest"
+    assert engine.matmul_precision("tensorfloat32", "gpu") == "tensorfloat32"
+    assert engine.matmul_precision("bfloat16", "gpu") == "BF16_BF16_F32"
+    # XLA:CPU has no TF32 and runs bf16 dot algorithms in float32: recorded as such.
+    assert engine.effective_precision("bfloat16", "cpu") == "float32"
+    assert engine.effective_precision("bfloat16", "tpu") == "bfloat16"
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        engine.matmul_precision("fp8", "gpu")
+    with pytest.raises(ValueError, match="precision"):
+        Recipe(precision="fp8")
+
+
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("float32", {"precision = [HIGHEST, HIGHEST]"}),
+        ("tensorfloat32", {"precision = [HIGH, HIGH]"}),
+        ("bfloat16", {"precision = [DEFAULT, DEFAULT]", "lhs_precision_type = bf16"}),
+    ],
+)
+def test_training_and_analysis_programs_carry_the_mode(monkeypatch, mode, expected):
+    """Every matmul of the training chunk (fast and plain) is lowered in the mode's precision, as
+    it would be on a GPU; the analysis follows its own precision argument."""
+    monkeypatch.setattr(engine, "_platform", lambda layout: "gpu")
+    layout = parallel.simple_layout(2, devices=jax.devices()[:1])
+    for fast in (True, False):
+        text = engine.lowered_sharded_chunk(
+            ARCH, Recipe(steps=2, precision=mode, fast=fast), 2, layout, 2
+        ).as_text()
+        n, attrs = _dot_precisions(text)
+        assert n > 10 and attrs == expected, (fast, attrs)
+    fn = engine.compiled_sharded_analysis(ARCH, layout, 2, 3, True, mode)
+    params = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct((2, *s.shape), s.dtype),
+        engine._one_state_shape(ARCH, Recipe())[0].params,
+    )
+    f32, b = jax.ShapeDtypeStruct((2,), np.float32), jax.ShapeDtypeStruct((2, 25), np.bool_)
+    i32 = np.int32
+    text = fn.lower(
+        params,
+        f32,
+        f32,
+        b,
+        jax.ShapeDtypeStruct((25, 2), i32),
+        jax.ShapeDtypeStruct((25,), i32),
+        jax.ShapeDtypeStruct((3, 2), i32),
+        jax.ShapeDtypeStruct((3,), i32),
+    ).as_text()
+    n, attrs = _dot_precisions(text)
+    assert n > 10 and attrs == expected, attrs
