@@ -16,7 +16,8 @@ import numpy as np
 
 from phasespace.data import all_pairs
 from phasespace.metrics import circuit
-from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.registry import embed_method, embedding_tables, make_model
+from phasespace.models.transformer import TransformerArch
 from phasespace.train import cross_entropy
 
 METRICS = (
@@ -68,7 +69,7 @@ def analyze_network(
         (int32), ``distance_irrelevance`` and ``distance_irrelevance_largest_wrong`` (§5.2),
         ``circularity`` (§5.3), ``param_norm`` (L2).
     """
-    model = Transformer(arch)
+    model = make_model(arch)
     p = arch.p
     logits = model.apply(params, tokens, attention_rate, attn_scale)
     losses = cross_entropy(logits, labels)
@@ -79,13 +80,13 @@ def analyze_network(
     tr_c = jnp.sum(correct & train_mask)
     te_c = jnp.sum(correct & ~train_mask)
 
-    emb = model.apply(params, triple_tokens, method=Transformer.embed)
+    emb = model.apply(params, triple_tokens, method=embed_method(arch))
 
     def logit_of(e: jax.Array) -> jax.Array:
-        return model.apply(params, e[None], attention_rate, attn_scale, method=Transformer.from_embeddings)[0]
+        return model.apply(params, e[None], attention_rate, attn_scale, method="from_embeddings")[0]
 
     gs, zero = circuit.gradient_symmetricity(logit_of, emb, triple_classes)
-    w_e = params["params"]["W_E"]
+    table_a, _ = embedding_tables(arch, params)
     return {
         "loss": jnp.mean(losses),
         "accuracy": jnp.sum(correct) / n,
@@ -97,7 +98,7 @@ def analyze_network(
         "gradient_symmetricity_zero_grads": zero,
         "distance_irrelevance": circuit.distance_irrelevance(logits, p),
         "distance_irrelevance_largest_wrong": circuit.distance_irrelevance_largest_wrong(logits, p),
-        "circularity": circuit.circularity(w_e[:, :p].T),
+        "circularity": circuit.circularity(table_a),
         "param_norm": circuit.param_norm(params),
     }
 

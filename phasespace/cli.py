@@ -1,4 +1,4 @@
-"""Command line: ``phasespace run | reference``."""
+"""Command line: ``phasespace run | reference | analyze``."""
 
 from __future__ import annotations
 
@@ -61,6 +61,45 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import os
+
+    from phasespace.reanalysis import analyze_sweep, is_reference_folder, write_reference_analysis
+
+    if is_reference_folder(args.dir):
+        out = args.out or os.path.join("runs", "reference")
+        rows = write_reference_analysis(args.dir, out)
+        key = "run"
+    else:
+        if args.out:
+            print("phasespace: error: --out applies to reference folders only", file=sys.stderr)
+            return 2
+        rows = analyze_sweep(args.dir)
+        out, key = args.dir, "index"
+    cols = [
+        key,
+        "model",
+        "accuracy",
+        "gradient_symmetricity",
+        "distance_irrelevance",
+        "circularity",
+        "n_circles",
+        "circles_accuracy",
+        "algorithm",
+    ]
+    print(" ".join(f"{c[:12]:>12}" for c in cols) + "  circles k (δ)")
+    for r in rows:
+        ks = [(r.get(f"circle{i}_k", np.nan), r.get(f"circle{i}_delta", np.nan)) for i in range(1, 13)]
+        circ = ", ".join(f"{int(k)} ({int(d)})" for k, d in ks if np.isfinite(k) and k > 0)
+        vals = [r.get(c, "") for c in cols]
+        print(
+            " ".join(f"{v:>12.5g}" if isinstance(v, (float, np.floating)) else f"{v!s:>12}" for v in vals)
+            + f"  {circ}"
+        )
+    print(f"-> {os.path.join(out, 'runs.csv')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasespace`` console script."""
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
@@ -74,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref.add_argument("dir", nargs="?", default="../shared/reference", help="folder of <runid>.npz/.json")
     ref.add_argument("--out", help="write the table as CSV here")
     ref.set_defaults(fn=_cmd_reference)
+    ana = sub.add_parser(
+        "analyze",
+        help="recompute every metric of a finished sweep (in place) or of a folder of reference checkpoints",
+    )
+    ana.add_argument("dir", help="a sweep directory, or a folder of <runid>.npz/.json checkpoints")
+    ana.add_argument("--out", help="for a checkpoint folder: output directory (default runs/reference)")
+    ana.set_defaults(fn=_cmd_analyze)
     args = parser.parse_args(argv)
     from phasespace.config import SpecError
 

@@ -15,6 +15,13 @@ A spec has four tables::
     steps = 3000
     [analysis]
     n_triples = 100
+    every = 1000      # record every metric every 1000 steps (metrics_history.npz); 0: off
+
+``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
+``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
+width = ``d_model``, 256 in the paper; they need n_layers = 1, act = "relu", no diff_vocab /
+eqn_sign, and ignore n_heads and attention_rate). ``train.b2`` and ``train.warmup_steps`` default
+to the family's recipe (transformer 0.98 / 10, MLP 0.999 / 0, SPEC §4).
 
 Grid axes are crossed (Cartesian product, in the order of :data:`AXES`); distribution axes are
 drawn independently for each of ``sampling.n`` networks per grid point. Distributions:
@@ -39,11 +46,14 @@ from typing import Any
 
 import numpy as np
 
-from phasespace.models.transformer import ACTIVATIONS, TransformerArch
+from phasespace.circuits import DI_METRICS
+from phasespace.models.registry import FAMILIES, RECIPE_DEFAULTS, Arch, make_arch, recipe_defaults
+from phasespace.models.transformer import ACTIVATIONS
 from phasespace.population import NetworkSpec
 from phasespace.train import PRECISIONS, Recipe
 
 AXES: dict[str, Any] = {
+    "model": "transformer",
     "p": 59,
     "n_layers": 1,
     "n_heads": 4,
@@ -60,7 +70,7 @@ AXES: dict[str, Any] = {
 }
 """Every sweepable axis with its default (the paper's recipe; ``data_seed = -1`` means "= seed")."""
 
-STATIC_AXES = ("p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
+STATIC_AXES = ("model", "p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
 """Axes that change the compiled program: networks differing in them go to different buckets."""
 
 INT_AXES = ("p", "n_layers", "n_heads", "d_model", "seed", "data_seed")
@@ -71,13 +81,26 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 20_000,
     "chunk_steps": 500,
     "precision": "float32",
-    "warmup_steps": 10,
+    "warmup_steps": None,
     "b1": 0.9,
-    "b2": 0.98,
+    "b2": None,
     "eps": 1e-8,
     "log_every": 100,
 }
-ANALYSIS_DEFAULTS: dict[str, Any] = {"n_triples": 100, "triple_seed": 42}
+"""``None``: the model family's default (:data:`phasespace.models.registry.RECIPE_DEFAULTS`)."""
+ANALYSIS_DEFAULTS: dict[str, Any] = {
+    "n_triples": 100,
+    "triple_seed": 42,
+    "every": 0,
+    "n_components": 12,
+    "min_power": 0.9,
+    "circular_threshold": 0.995,
+    "gs_threshold": 0.98,
+    "di_threshold": 0.6,
+    "di_metric": "distance_irrelevance",
+}
+"""``every``: record all metrics every N steps (0: only at the end); the rest: see
+:class:`phasespace.circuits.CircuitOptions`."""
 SAMPLING_DEFAULTS: dict[str, Any] = {"n": 0, "seed": 0}
 TOP_KEYS = ("name", "axes", "sampling", "train", "analysis")
 DISTRIBUTIONS = ("uniform", "log2uniform", "randint")
@@ -117,7 +140,17 @@ class SweepSpec:
 
     @property
     def recipe(self) -> Recipe:
-        t = self.train
+        """The transformer recipe (family defaults filled in); see :meth:`recipe_for`."""
+        return self.recipe_for(None)
+
+    def recipe_for(self, arch: Arch | None) -> Recipe:
+        """The recipe of a bucket: ``[train]`` values, ``None`` ones replaced by the model
+        family's defaults (SPEC §4; transformer when ``arch`` is None)."""
+        t = dict(self.train)
+        defaults = recipe_defaults(arch) if arch is not None else dict(RECIPE_DEFAULTS["transformer"])
+        for k, v in defaults.items():
+            if t.get(k) is None:
+                t[k] = v
         return Recipe(
             steps=int(t["steps"]),
             b1=float(t["b1"]),
@@ -161,6 +194,10 @@ def _check_value(field: str, key: str, v: Any) -> Any:
         if not isinstance(v, bool):
             raise SpecError(f"{where}={v!r}: must be true or false")
         return v
+    if key == "model":
+        if not isinstance(v, str) or v not in FAMILIES:
+            raise SpecError(f"{where}={v!r}: must be one of {list(FAMILIES)}")
+        return v
     if key == "act":
         if not isinstance(v, str) or v.lower() not in ACTIVATIONS:
             raise SpecError(f"{where}={v!r}: must be one of {list(ACTIVATIONS)}")
@@ -203,7 +240,7 @@ def _check_axis(key: str, v: Any) -> Any:
             raise SpecError(f"{field}={v!r}: grid values must be distinct")
         return vals
     if isinstance(v, dict):
-        if key in BOOL_AXES or key == "act":
+        if key in BOOL_AXES or key in ("act", "model"):
             raise SpecError(f"{field}: {key} cannot be sampled from a distribution; give a list")
         d = dict(v)
         for k in d:
@@ -279,12 +316,14 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise SpecError(f"train.{k}={v!r}: must be a positive integer")
     w = train["warmup_steps"]
-    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
         raise SpecError(f"train.warmup_steps={w!r}: must be an integer ≥ 0")
     if train["precision"] not in PRECISIONS:
         raise SpecError(f"train.precision={train['precision']!r}: must be one of {list(PRECISIONS)}")
     for k in ("b1", "b2"):
         v = train[k]
+        if v is None and k == "b2":
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise SpecError(f"train.{k}={v!r}: must be in [0, 1)")
     if isinstance(train["eps"], bool) or not isinstance(train["eps"], (int, float)) or not train["eps"] > 0:
@@ -294,10 +333,30 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         raise SpecError(f"analysis.n_triples={n_t!r}: must be a positive integer")
     if isinstance(analysis["triple_seed"], bool) or not isinstance(analysis["triple_seed"], int):
         raise SpecError(f"analysis.triple_seed={analysis['triple_seed']!r}: must be an integer")
+    _check_analysis(analysis)
 
     spec = SweepSpec(sweep_name, axes, sampling, train, analysis)
     _check_combinations(spec)
     return spec
+
+
+def _check_analysis(analysis: Mapping[str, Any]) -> None:
+    for k in ("every", "n_components"):
+        v = analysis[k]
+        lo = 0 if k == "every" else 2
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise SpecError(f"analysis.{k}={v!r}: must be an integer ≥ {lo}")
+    for k, lo, hi in (
+        ("min_power", 0.0, 1.0),
+        ("circular_threshold", 0.0, 1.0),
+        ("gs_threshold", -1.0, 1.0),
+        ("di_threshold", 0.0, math.inf),
+    ):
+        v = analysis[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise SpecError(f"analysis.{k}={v!r}: must be a number in [{lo}, {hi}]")
+    if analysis["di_metric"] not in DI_METRICS:
+        raise SpecError(f"analysis.di_metric={analysis['di_metric']!r}: must be one of {list(DI_METRICS)}")
 
 
 def _values(v: Any) -> list[Any]:
@@ -306,6 +365,15 @@ def _values(v: Any) -> list[Any]:
 
 def _check_combinations(spec: SweepSpec) -> None:
     a = spec.axes
+    if any(m != "transformer" for m in _values(a["model"])):
+        needs = {"n_layers": 1, "act": "relu", "diff_vocab": False, "eqn_sign": False}
+        for k, want in needs.items():
+            bad = [v for v in _values(a[k]) if v != want]
+            if bad:
+                raise SpecError(
+                    f"axes.{k}={bad[0]!r}: the MLP models (axes.model={list(_values(a['model']))}) need "
+                    f"{k} = {want!r}; sweep other {k} values in a separate spec"
+                )
     heads = _values(a["n_heads"])
     widths = (
         _values(a["d_model"]) if not isinstance(a["d_model"], dict) else [int(2.0 ** a["d_model"]["low"])]
@@ -409,7 +477,7 @@ class Bucket:
     """
 
     key: str
-    arch: TransformerArch
+    arch: Arch
     networks: tuple[Network, ...]
 
 
@@ -426,7 +494,8 @@ def plan_buckets(networks: list[Network]) -> list[Bucket]:
     for key, nets in groups.items():
         vals = dict(zip(STATIC_AXES, key, strict=True))
         width = max(int(n.values["d_model"]) for n in nets)
-        arch = TransformerArch(
+        arch = make_arch(
+            vals["model"],
             p=vals["p"],
             d_model=width,
             n_layers=vals["n_layers"],
@@ -435,9 +504,12 @@ def plan_buckets(networks: list[Network]) -> list[Bucket]:
             diff_vocab=vals["diff_vocab"],
             eqn_sign=vals["eqn_sign"],
         )
-        name = (
-            f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
-            f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
-        )
+        if vals["model"] != "transformer":
+            name = f"p{arch.p}_{vals['model']}_D{width}"
+        else:
+            name = (
+                f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
+                f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
+            )
         buckets.append(Bucket(name, arch, tuple(nets)))
     return buckets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -15,10 +16,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from phasespace import phase, plots, store
-from phasespace.analysis import analyze_population
+from phasespace.circuits import CircuitOptions, analyze_full, circuit_columns
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
-from phasespace.metrics.circuit import CIRCULAR_THRESHOLD
+from phasespace.final_params import save_bucket_params
 from phasespace.population import build_population
+from phasespace.tracking import MetricsRecorder, aligned_chunk
 from phasespace.train import HISTORY_FIELDS, TrainState, train_population
 
 RUN_COLUMNS = (
@@ -42,7 +44,12 @@ RUN_COLUMNS = (
     "steps",
 )
 """Metric columns of ``runs.csv`` (after ``index``, ``bucket`` and every axis of
-:data:`phasespace.config.AXES`)."""
+:data:`phasespace.config.AXES`; followed by :func:`phasespace.circuits.circuit_columns`)."""
+
+ARRAYS_FILE = "analysis.npz"
+"""Per-network array metrics (circles, per-(a − b) accuracy), run axis in ``runs.csv`` order."""
+METRICS_HISTORY_FILE = "metrics_history.npz"
+"""Every metric along training (``[analysis] every = N``): ``step`` (T,), metrics (R, T, ...)."""
 
 
 def environment(spec: SweepSpec) -> dict[str, Any]:
@@ -70,15 +77,27 @@ def train_bucket(
     spec: SweepSpec,
     progress: bool = True,
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    out_dir: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train and analyse one bucket.
 
+    With ``analysis.every = N > 0`` every metric is also recorded at steps 0, N, 2N, … (chunks
+    shortened to divide N) and returned under ``history["metrics_history"]`` (a dict: ``step``
+    (T,), metrics (R_bucket, T, ...)). With ``out_dir`` the final parameters are saved there
+    (:func:`phasespace.final_params.save_bucket_params`).
+
     Returns:
-        ``(rows, history)``: one runs-table row per network (bucket order) and training curves
-        subsampled every ``train.log_every`` steps, each (R_bucket, n_logged).
+        ``(rows, history)``: one runs-table row per network (bucket order; array metrics of
+        :func:`~phasespace.circuits.analyze_full` are included under their names, for
+        ``analysis.npz``) and training curves subsampled every ``train.log_every`` steps, each
+        (R_bucket, n_logged).
     """
-    recipe = spec.recipe
+    recipe = spec.recipe_for(bucket.arch)
     pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
+    every = int(spec.analysis.get("every", 0))
+    recorder = MetricsRecorder(bucket.arch, pop.hparams, spec.analysis, every) if every > 0 else None
+    if recorder is not None:
+        recorder.record(0, pop.params)
     bar = tqdm(
         total=recipe.steps,
         desc=f"{bucket.key} ({pop.size} networks)",
@@ -93,26 +112,27 @@ def train_bucket(
             loss=f"{np.nanmean(h['train_loss'][:, -1]):.3g}",
             test_acc=f"{np.nanmean(h['test_accuracy'][:, -1]):.3f}",
         )
+        if recorder is not None:
+            recorder.on_chunk(state, h)
         if on_chunk is not None:
             on_chunk(state, h)
 
-    state, hist = train_population(pop, recipe, spec.train["chunk_steps"], on_chunk=chunk_done)
+    chunk = aligned_chunk(spec.train["chunk_steps"], every)
+    state, hist = train_population(pop, recipe, chunk, on_chunk=chunk_done)
     bar.close()
-    m = analyze_population(
-        bucket.arch,
-        state.params,
-        pop.hparams["attention_rate"],
-        pop.hparams["attn_scale"],
-        pop.hparams["train_mask"],
-        n_triples=spec.analysis["n_triples"],
-        triple_seed=spec.analysis["triple_seed"],
-    )
+    if recorder is not None and recorder.steps and recorder.steps[-1] == int(np.asarray(state.step)[0]):
+        m, arrays = recorder.last
+    else:
+        m, arrays = analyze_full(bucket.arch, state.params, pop.hparams, spec.analysis)
+    if out_dir is not None:
+        idx = [n.index for n in bucket.networks]
+        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, state.params, pop.hparams)
     host = jax.tree_util.tree_map(np.asarray, state._replace(params=None, opt_state=None))
     rows = []
     for i, net in enumerate(bucket.networks):
         row: dict[str, Any] = {"index": net.index, "bucket": bucket.key, **net.values}
         row.update({k: m[k][i] for k in m})
-        row["circular"] = bool(m["circularity"][i] >= CIRCULAR_THRESHOLD)
+        row.update({k: arrays[k][i] for k in arrays})
         row["first_full_train_step"] = int(host.first_full_train[i])
         row["first_full_test_step"] = int(host.first_full_test[i])
         row["collapsed"] = bool(host.collapsed[i])
@@ -124,6 +144,8 @@ def train_bucket(
     keep = np.unique(np.r_[np.arange(0, n_steps, log_every), n_steps - 1]) if n_steps else np.zeros(0, int)
     history = {k: hist[k][:, keep] for k in HISTORY_FIELDS}
     history["step"] = keep
+    if recorder is not None:
+        history["metrics_history"] = recorder.result()
     return rows, history
 
 
@@ -155,7 +177,7 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
     for b in buckets:
-        r, h = train_bucket(b, spec, progress=progress)
+        r, h = train_bucket(b, spec, progress=progress, out_dir=out_dir)
         rows.extend(r)
         histories.append(([n.index for n in b.networks], h))
     wall = time.perf_counter() - t0
@@ -163,7 +185,15 @@ def run_sweep(
     write_results(spec, out_dir, rows, histories)
     env["wall_seconds"] = wall
     env["networks"] = len(networks)
-    env["buckets"] = [{"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets]
+    env["buckets"] = [
+        {
+            "key": b.key,
+            "networks": len(b.networks),
+            "d_model": b.arch.d_model,
+            "recipe": dataclasses.asdict(spec.recipe_for(b.arch)),
+        }
+        for b in buckets
+    ]
     env["network_steps_per_second"] = len(networks) * spec.recipe.steps / wall
     store.write_json(os.path.join(out_dir, "environment.json"), env)
     return store.load_sweep(out_dir)
@@ -175,10 +205,17 @@ def write_results(
     rows: list[dict[str, Any]],
     histories: list[tuple[list[int], dict[str, np.ndarray]]],
 ) -> None:
-    """Write ``runs.csv``, ``history.npz``, ``phase.npz`` and the figures of a sweep."""
+    """Write ``runs.csv``, ``history.npz``, ``analysis.npz``, ``metrics_history.npz`` (when
+    recorded), ``phase.npz`` and the figures of a sweep."""
+    opts = CircuitOptions.from_mapping(spec.analysis)
     columns = ["index", "bucket", *AXES, *RUN_COLUMNS]
+    columns += circuit_columns(opts.n_components // opts.min_circle_components)
     store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
     n = len(rows)
+    write_array_metrics(os.path.join(out_dir, ARRAYS_FILE), rows)
+    tracked = [(idx, h["metrics_history"]) for idx, h in histories if "metrics_history" in h]
+    if tracked:
+        write_metrics_history(os.path.join(out_dir, METRICS_HISTORY_FILE), n, tracked)
     if histories:
         steps = histories[0][1]["step"]
         hist = {"step": steps}
@@ -189,7 +226,7 @@ def write_results(
                     arr[idx] = h[k]
             hist[k] = arr
         store.write_npz(os.path.join(out_dir, "history.npz"), hist)
-    runs = {c: np.asarray([r[c] for r in rows]) for c in columns if c != "bucket"}
+    runs = {c: np.asarray([r.get(c, np.nan) for r in rows]) for c in columns if c != "bucket"}
     runs["first_full_test_step"] = np.where(
         runs["first_full_test_step"] < 0, np.nan, runs["first_full_test_step"]
     )
@@ -204,3 +241,47 @@ def write_results(
 
 def default_out_dir(spec: SweepSpec) -> str:
     return os.path.join("runs", spec.name)
+
+
+def stack_padded(values: list[np.ndarray]) -> np.ndarray:
+    """Stack arrays whose shapes may differ between buckets, padding with NaN (float) or −1."""
+    shape = tuple(max(v.shape[d] for v in values) for d in range(values[0].ndim))
+    kind = np.result_type(*values)
+    fill = np.nan if np.issubdtype(kind, np.floating) else -1
+    out = np.full((len(values), *shape), fill, dtype=kind)
+    for i, v in enumerate(values):
+        out[(i, *tuple(slice(0, s) for s in v.shape))] = v
+    return out
+
+
+def write_array_metrics(path: str, rows: list[dict[str, Any]]) -> None:
+    """``analysis.npz``: each array metric of :func:`~phasespace.circuits.circuit_network`
+    stacked over the rows (R, ...) (padded with NaN / −1 where buckets differ in shape), with
+    ``index`` (R,)."""
+    names = [k for k, v in rows[0].items() if isinstance(v, np.ndarray) and v.ndim >= 1] if rows else []
+    if not names:
+        return
+    arrays = {"index": np.asarray([r["index"] for r in rows])}
+    for k in names:
+        arrays[k] = stack_padded([np.asarray(r[k]) for r in rows])
+    store.write_npz(path, arrays)
+
+
+def write_metrics_history(path: str, n: int, tracked: list[tuple[list[int], dict[str, np.ndarray]]]) -> None:
+    """``metrics_history.npz``: ``step`` (T,) and each metric (n, T, ...) in runs-table order
+    (NaN / −1 for networks of buckets recorded at other steps)."""
+    steps = tracked[0][1]["step"]
+    out: dict[str, np.ndarray] = {"step": steps}
+    for name in tracked[0][1]:
+        if name == "step":
+            continue
+        parts = [(idx, h[name]) for idx, h in tracked if name in h and np.array_equal(h["step"], steps)]
+        sample = parts[0][1]
+        fill = np.nan if np.issubdtype(sample.dtype, np.floating) else -1
+        dtype = sample.dtype if fill == -1 else np.float32
+        arr = np.full((n, *sample.shape[1:]), fill, dtype=dtype)
+        for idx, v in parts:
+            if v.shape[1:] == sample.shape[1:]:
+                arr[idx] = v
+        out[name] = arr
+    store.write_npz(path, out)

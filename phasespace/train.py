@@ -19,7 +19,8 @@ import numpy as np
 import optax
 
 from phasespace.data import all_pairs
-from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.registry import make_model
+from phasespace.models.transformer import TransformerArch
 from phasespace.population import Population
 
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
@@ -179,7 +180,7 @@ def evaluate(
         ``train_accuracy``/``test_accuracy`` (float32, exactly 1.0 when perfect) and ``logits``
         (p², V).
     """
-    model = Transformer(arch)
+    model = make_model(arch)
     logits = model.apply(params, tokens, hp["attention_rate"], hp["attn_scale"])
     mask = hp["train_mask"]
     losses = cross_entropy(logits, labels)
