@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 
 from phasespace import phase, plots, store
 from phasespace.analysis import analyze_population
+from phasespace.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, sweep_lock
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
+from phasespace.faults import describe_flags
 from phasespace.metrics.circuit import CIRCULAR_THRESHOLD
 from phasespace.population import build_population
-from phasespace.train import HISTORY_FIELDS, TrainState, train_population
+from phasespace.train import HISTORY_FIELDS, TrainState, compiled_init, train_population
 
 RUN_COLUMNS = (
     "train_loss",
@@ -39,6 +41,7 @@ RUN_COLUMNS = (
     "first_full_test_step",
     "collapsed",
     "nonfinite_step",
+    "degenerate",
     "steps",
 )
 """Metric columns of ``runs.csv`` (after ``index``, ``bucket`` and every axis of
@@ -70,17 +73,45 @@ def train_bucket(
     spec: SweepSpec,
     progress: bool = True,
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Train and analyse one bucket.
 
+    Args:
+        checkpoint_dir: if given (``<sweep dir>/checkpoints``), the bucket resumes from its latest
+            complete checkpoint under ``<checkpoint_dir>/<bucket key>`` (or returns its recorded
+            result when finished), saves every ``train.checkpoint_every`` steps and at the end, and
+            records its result (see :mod:`phasespace.checkpoint`).
+
     Returns:
         ``(rows, history)``: one runs-table row per network (bucket order) and training curves
-        subsampled every ``train.log_every`` steps, each (R_bucket, n_logged).
+        subsampled every ``train.log_every`` steps (and the last step), each (R_bucket, n_logged),
+        with ``step`` (n_logged,).
+
+    Raises:
+        phasespace.checkpoint.ResumeError: if a checkpoint was made with a different spec.
     """
     recipe = spec.recipe
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = BucketCheckpoint(os.path.join(checkpoint_dir, bucket.key), bucket, spec)
+        finished = ckpt.load_result()
+        if finished is not None:
+            if progress:
+                tqdm.write(f"{bucket.key}: finished earlier, rows read from {ckpt.result_path}")
+            return finished
     pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
+    state, log = None, LoggedHistory(recipe.steps, spec.train["log_every"])
+    if ckpt is not None:
+        resumed = ckpt.restore(jax.eval_shape(compiled_init(recipe), pop.params, pop.hparams))
+        if resumed is not None:
+            state, hist = resumed
+            log = LoggedHistory(recipe.steps, spec.train["log_every"], int(state.step[0]), hist)
+            if progress:
+                tqdm.write(f"{bucket.key}: resuming from the checkpoint of step {log.done}")
     bar = tqdm(
         total=recipe.steps,
+        initial=log.done,
         desc=f"{bucket.key} ({pop.size} networks)",
         unit="step",
         disable=not progress,
@@ -93,10 +124,13 @@ def train_bucket(
             loss=f"{np.nanmean(h['train_loss'][:, -1]):.3g}",
             test_acc=f"{np.nanmean(h['test_accuracy'][:, -1]):.3f}",
         )
+        log.add(h)
+        if ckpt is not None and ckpt.due(log.done):
+            ckpt.save(state, log.arrays())
         if on_chunk is not None:
             on_chunk(state, h)
 
-    state, hist = train_population(pop, recipe, spec.train["chunk_steps"], on_chunk=chunk_done)
+    state, _ = train_population(pop, recipe, spec.train["chunk_steps"], state=state, on_chunk=chunk_done)
     bar.close()
     m = analyze_population(
         bucket.arch,
@@ -118,12 +152,11 @@ def train_bucket(
         row["collapsed"] = bool(host.collapsed[i])
         row["nonfinite_step"] = int(host.nonfinite_step[i])
         row["steps"] = int(host.step[i])
+        row["degenerate"] = describe_flags(int(m["degenerate"][i]))
         rows.append(row)
-    log_every = spec.train["log_every"]
-    n_steps = hist["train_loss"].shape[1]
-    keep = np.unique(np.r_[np.arange(0, n_steps, log_every), n_steps - 1]) if n_steps else np.zeros(0, int)
-    history = {k: hist[k][:, keep] for k in HISTORY_FIELDS}
-    history["step"] = keep
+    history = log.arrays()
+    if ckpt is not None:
+        ckpt.save_result(rows, history)
     return rows, history
 
 
@@ -131,6 +164,10 @@ def run_sweep(
     spec: SweepSpec, out_dir: str, spec_path: str | None = None, progress: bool = True
 ) -> store.SweepResult:
     """Run a whole sweep and write its directory (see :mod:`phasespace.store`).
+
+    If ``out_dir`` already holds a sweep of the same spec (a killed or finished run), it is
+    resumed: each bucket continues from its latest complete checkpoint, finished buckets are not
+    retrained, and the results are the same as an uninterrupted run's (:mod:`phasespace.checkpoint`).
 
     Args:
         spec: a validated spec.
@@ -140,32 +177,48 @@ def run_sweep(
 
     Returns:
         The written sweep, loaded back (:func:`phasespace.store.load_sweep`).
+
+    Raises:
+        phasespace.checkpoint.ResumeError: before any compute, if ``out_dir`` holds a sweep of a
+            different spec (naming the differing fields) or another run is writing it.
     """
     networks = expand(spec)
     buckets = plan_buckets(networks)
-    os.makedirs(out_dir, exist_ok=True)
-    if spec_path is not None:
-        with open(spec_path, "rb") as f:
-            store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
-    store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
-    env = environment(spec)
-    store.write_json(os.path.join(out_dir, "environment.json"), env)
+    resuming = check_sweep_dir(out_dir, spec)
+    with sweep_lock(out_dir):
+        store.remove_stale_temporaries(out_dir)
+        if spec_path is not None:
+            with open(spec_path, "rb") as f:
+                store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
+        store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+        env = environment(spec)
+        store.write_json(os.path.join(out_dir, "environment.json"), env)
 
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
-    for b in buckets:
-        r, h = train_bucket(b, spec, progress=progress)
-        rows.extend(r)
-        histories.append(([n.index for n in b.networks], h))
-    wall = time.perf_counter() - t0
-    rows.sort(key=lambda r: r["index"])
-    write_results(spec, out_dir, rows, histories)
-    env["wall_seconds"] = wall
-    env["networks"] = len(networks)
-    env["buckets"] = [{"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets]
-    env["network_steps_per_second"] = len(networks) * spec.recipe.steps / wall
-    store.write_json(os.path.join(out_dir, "environment.json"), env)
+        t0 = time.perf_counter()
+        trained = [0]
+
+        def count(state: TrainState, h: dict[str, np.ndarray]) -> None:
+            trained[0] += h["train_loss"].size
+
+        rows: list[dict[str, Any]] = []
+        histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
+        ckpt_dir = os.path.join(out_dir, "checkpoints")
+        for b in buckets:
+            r, h = train_bucket(b, spec, progress=progress, on_chunk=count, checkpoint_dir=ckpt_dir)
+            rows.extend(r)
+            histories.append(([n.index for n in b.networks], h))
+        wall = time.perf_counter() - t0
+        rows.sort(key=lambda r: r["index"])
+        env["wall_seconds"] = wall
+        env["networks"] = len(networks)
+        env["buckets"] = [
+            {"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets
+        ]
+        env["resumed"] = resuming
+        env["network_steps_this_run"] = trained[0]
+        env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
+        store.write_json(os.path.join(out_dir, "environment.json"), env)
+        write_results(spec, out_dir, rows, histories)
     return store.load_sweep(out_dir)
 
 
@@ -175,9 +228,9 @@ def write_results(
     rows: list[dict[str, Any]],
     histories: list[tuple[list[int], dict[str, np.ndarray]]],
 ) -> None:
-    """Write ``runs.csv``, ``history.npz``, ``phase.npz`` and the figures of a sweep."""
+    """Write ``history.npz``, ``phase.npz``, the figures and, last (it marks a finished sweep),
+    ``runs.csv``; each file atomically."""
     columns = ["index", "bucket", *AXES, *RUN_COLUMNS]
-    store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
     n = len(rows)
     if histories:
         steps = histories[0][1]["step"]
@@ -200,6 +253,7 @@ def write_results(
     plots.plot_metrics_vs_attention_rate(
         runs, os.path.join(fig_dir, "metrics_vs_attention_rate.png"), title=f"{spec.name}: {n} networks"
     )
+    store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
 
 
 def default_out_dir(spec: SweepSpec) -> str:
