@@ -38,6 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{'attention rate':>14} {'n':>3} {'test acc':>9} {'grad sym':>9} {'dist irr':>9} "
         f"{'d.i. (lw)':>9} {'circular':>8}"
     )
+    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN groups print nan
     for a in np.unique(alpha):
         sel = alpha == a
         print(

@@ -4,8 +4,9 @@ Usage: ``python tests/kill_driver.py KILL SPEC OUT`` where KILL is one of
 
 * ``none``: run to completion;
 * ``chunk:<step>``: right after the chunk that ends at <step> (after its checkpoint, if one is
-  due, has been handed to orbax); with ``chunk:<step>:wait=<s>`` first wait until the committed
-  checkpoint of step <s> exists;
+  due, has been handed to orbax); ``chunk:<step>:wait=<s>`` first waits until a committed
+  checkpoint of step <s> exists; ``chunk:<step>:nth=<k>`` kills at the k-th chunk ending at <step>
+  (i.e. in the k-th bucket trained by this process);
 * ``commit:<n>``: inside orbax's n-th checkpoint commit, after the arrays are written and before
   the temporary folder is renamed into place (a kill during a checkpoint write);
 * ``analysis``: when the analysis of the first bucket that reaches it starts;
@@ -35,8 +36,10 @@ def install(kill: str) -> None:
 
     kind, _, arg = kill.partition(":")
     if kind == "chunk":
-        step, _, wait = arg.partition(":")
-        wait_step = int(wait.split("=")[1]) if wait else None
+        step, _, opt = arg.partition(":")
+        wait_step = int(opt.split("=")[1]) if opt.startswith("wait=") else None
+        nth = int(opt.split("=")[1]) if opt.startswith("nth=") else 1
+        seen = [0]
         original = sweep.train_population
 
         @functools.wraps(original)
@@ -45,6 +48,9 @@ def install(kill: str) -> None:
                 if on_chunk is not None:
                     on_chunk(st, h)
                 if int(st.step[0]) == int(step):
+                    seen[0] += 1
+                    if seen[0] < nth:
+                        return
                     if wait_step is not None:
                         t0 = time.time()
                         while not glob.glob(os.path.join(sys.argv[3], "checkpoints", "*", str(wait_step))):

@@ -94,7 +94,7 @@ def work(tmp_path_factory):
     ref = root / "uninterrupted"
     r = run("none", ref)
     assert r.returncode == 0, r.stderr[-3000:]
-    return SimpleNamespace(root=root, spec=spec, run=run, ref=str(ref))
+    return SimpleNamespace(root=root, spec=spec, run=run, ref=str(ref), env=env)
 
 
 def assert_same_results(a, b):
@@ -150,6 +150,69 @@ def test_kill_at_many_points_then_resume_gives_the_uninterrupted_results(work):
     assert env["resumed"] is True and env["network_steps_this_run"] == 0
     assert not glob.glob(str(out / ".*.tmp"))
     assert_same_results(work.ref, str(out))
+
+
+TWO_BUCKETS = SPEC.replace("n_heads = 2", "n_heads = [2, 4]")
+
+
+def _two_bucket_run(work, name):
+    spec = os.path.join(str(work.root), "two.toml")
+    with open(spec, "w") as f:
+        f.write(TWO_BUCKETS.format(lr="1e-3", chunk=10))
+    out = work.root / name
+
+    def run(kill, wait=True):
+        cmd = [sys.executable, DRIVER, kill, spec, str(out)]
+        if not wait:
+            return subprocess.Popen(
+                cmd, env=work.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        return subprocess.run(cmd, env=work.env, capture_output=True, text=True, timeout=600)
+
+    return out, run
+
+
+@pytest.mark.slow
+def test_two_buckets_killed_between_and_inside_buckets(work):
+    ref, run_ref = _two_bucket_run(work, "two-uninterrupted")
+    assert run_ref("none").returncode == 0
+    out, run = _two_bucket_run(work, "two-killed")
+    for kill in ("chunk:30", "commit:2", "chunk:40:nth=2", "write:phase.npz", "none"):
+        r = run(kill)
+        assert r.returncode == (0 if kill == "none" else -signal.SIGKILL), (kill, r.stderr[-3000:])
+    assert_same_results(str(ref), str(out))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_times_then_resume(work):
+    """SIGKILL from outside at random moments (wherever it lands: compiling, training, inside an
+    orbax write, analysing, writing outputs), repeatedly, then a final run."""
+    import random
+    import time
+
+    ref, run_ref = _two_bucket_run(work, "two-reference")
+    assert run_ref("none").returncode == 0
+    out, run = _two_bucket_run(work, "two-random")
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(8):
+        p = run("none", wait=False)
+        time.sleep(rng.uniform(1.0, 8.0))
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stderr.close()
+        kills += 1
+        print(
+            f"killed run {kills}; checkpoints:",
+            sorted(os.path.relpath(p, out) for p in glob.glob(str(out / "checkpoints" / "*" / "*"))),
+            "runs.csv" if (out / "runs.csv").exists() else "",
+        )
+    r = run("none")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert kills >= 1
+    assert_same_results(str(ref), str(out))
 
 
 def test_resume_with_a_different_spec_is_refused_naming_the_fields(work, tmp_path, capsys, monkeypatch):
