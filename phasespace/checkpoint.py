@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -46,6 +47,8 @@ import orbax.checkpoint as ocp
 from phasespace import store
 from phasespace.config import Bucket, SpecError, SweepSpec
 from phasespace.train import HISTORY_FIELDS, TrainState
+
+T = TypeVar("T")
 
 FORMAT = 1
 """Version of the checkpoint layout written by this module."""
@@ -174,6 +177,20 @@ def sweep_lock(out_dir: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def exclusive_sweep_dir(run: Callable[..., T]) -> Callable[..., T]:
+    """Decorate ``run(spec, out_dir, ...)`` (:func:`phasespace.sweep.run_sweep`): before any
+    compute, :func:`check_sweep_dir` refuses a directory of another spec, then the call runs
+    holding :func:`sweep_lock` on ``out_dir`` (so a second run on it is refused)."""
+
+    @functools.wraps(run)
+    def wrapper(spec: SweepSpec, out_dir: str, *args: Any, **kwargs: Any) -> T:
+        check_sweep_dir(out_dir, spec)
+        with sweep_lock(out_dir):
+            return run(spec, out_dir, *args, **kwargs)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -87,16 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref.add_argument("--out", help="write the table as CSV here")
     ref.set_defaults(fn=_cmd_reference)
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda message, category, *_a, **_k: (
-        f"phasespace: warning ({category.__name__}): {message}\n"
-    )
     from phasespace.config import SpecError
 
-    try:
-        return args.fn(args)
-    except (SpecError, FileNotFoundError) as e:
-        print(f"phasespace: error: {e}", file=sys.stderr)
-        return 2
+    def show(message, category, *_args, **_kwargs) -> None:
+        print(f"phasespace: warning ({category.__name__}): {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return args.fn(args)
+        except (SpecError, FileNotFoundError) as e:
+            print(f"phasespace: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from phasespace import phase, plots, store
 from phasespace.analysis import analyze_population
-from phasespace.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, sweep_lock
+from phasespace.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, exclusive_sweep_dir
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
 from phasespace.faults import describe_flags
 from phasespace.metrics.circuit import CIRCULAR_THRESHOLD
@@ -160,6 +160,7 @@ def train_bucket(
     return rows, history
 
 
+@exclusive_sweep_dir
 def run_sweep(
     spec: SweepSpec, out_dir: str, spec_path: str | None = None, progress: bool = True
 ) -> store.SweepResult:
@@ -184,41 +185,38 @@ def run_sweep(
     """
     networks = expand(spec)
     buckets = plan_buckets(networks)
-    resuming = check_sweep_dir(out_dir, spec)
-    with sweep_lock(out_dir):
-        store.remove_stale_temporaries(out_dir)
-        if spec_path is not None:
-            with open(spec_path, "rb") as f:
-                store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
-        store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
-        env = environment(spec)
-        store.write_json(os.path.join(out_dir, "environment.json"), env)
+    resuming = check_sweep_dir(out_dir, spec)  # (the directory exists: exclusive_sweep_dir made it)
+    store.remove_stale_temporaries(out_dir)
+    if spec_path is not None:
+        with open(spec_path, "rb") as f:
+            store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
+    store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+    env = environment(spec)
+    store.write_json(os.path.join(out_dir, "environment.json"), env)
 
-        t0 = time.perf_counter()
-        trained = [0]
+    t0 = time.perf_counter()
+    trained = [0]  # network-steps trained by this call (a resume skips finished work)
 
-        def count(state: TrainState, h: dict[str, np.ndarray]) -> None:
-            trained[0] += h["train_loss"].size
+    def count(_: TrainState, h: dict[str, np.ndarray]) -> None:
+        trained[0] += h["train_loss"].size
 
-        rows: list[dict[str, Any]] = []
-        histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
+    rows: list[dict[str, Any]] = []
+    histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
+    for b in buckets:
         ckpt_dir = os.path.join(out_dir, "checkpoints")
-        for b in buckets:
-            r, h = train_bucket(b, spec, progress=progress, on_chunk=count, checkpoint_dir=ckpt_dir)
-            rows.extend(r)
-            histories.append(([n.index for n in b.networks], h))
-        wall = time.perf_counter() - t0
-        rows.sort(key=lambda r: r["index"])
-        env["wall_seconds"] = wall
-        env["networks"] = len(networks)
-        env["buckets"] = [
-            {"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets
-        ]
-        env["resumed"] = resuming
-        env["network_steps_this_run"] = trained[0]
-        env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
-        store.write_json(os.path.join(out_dir, "environment.json"), env)
-        write_results(spec, out_dir, rows, histories)
+        r, h = train_bucket(b, spec, progress=progress, on_chunk=count, checkpoint_dir=ckpt_dir)
+        rows.extend(r)
+        histories.append(([n.index for n in b.networks], h))
+    wall = time.perf_counter() - t0
+    rows.sort(key=lambda r: r["index"])
+    write_results(spec, out_dir, rows, histories)
+    env["wall_seconds"] = wall
+    env["networks"] = len(networks)
+    env["buckets"] = [{"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets]
+    env["resumed"] = resuming
+    env["network_steps_this_run"] = trained[0]
+    env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
+    store.write_json(os.path.join(out_dir, "environment.json"), env)
     return store.load_sweep(out_dir)
 
 

@@ -192,26 +192,29 @@ def test_sigkill_at_random_times_then_resume(work):
 
     ref, run_ref = _two_bucket_run(work, "two-reference")
     assert run_ref("none").returncode == 0
+    _, run_timed = _two_bucket_run(work, "two-timing")  # a warm (cached-compile) run's duration
+    t0 = time.perf_counter()
+    assert run_timed("none").returncode == 0
+    duration = time.perf_counter() - t0
     out, run = _two_bucket_run(work, "two-random")
     rng = random.Random(5)
     kills = 0
-    for _ in range(8):
+    for _ in range(6):
         p = run("none", wait=False)
-        time.sleep(rng.uniform(1.0, 8.0))
-        if p.poll() is not None:
-            break
-        p.send_signal(signal.SIGKILL)
+        time.sleep(rng.uniform(0.1, 0.7) * duration)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
         p.wait()
         p.stderr.close()
-        kills += 1
         print(
-            f"killed run {kills}; checkpoints:",
-            sorted(os.path.relpath(p, out) for p in glob.glob(str(out / "checkpoints" / "*" / "*"))),
+            f"after attempt (kills so far {kills}):",
+            sorted(os.path.relpath(c, out) for c in glob.glob(str(out / "checkpoints" / "*" / "*"))),
             "runs.csv" if (out / "runs.csv").exists() else "",
         )
     r = run("none")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert kills >= 1
+    assert kills >= 2
     assert_same_results(str(ref), str(out))
 
 
@@ -376,6 +379,8 @@ def _overwrite(path, text):
     ],
     ids=["bytes-flipped", "truncated", "item-missing", "meta-garbled"],
 )
+# a failed orbax restore can leave a tensorstore callback aimed at its closed event loop (harmless)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, damage):
     ck = _bucket_ckpt(tmp_path / BUCKET)
     for s in (20, 40):
