@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phasespace import faults
 from phasespace.data import all_pairs
 from phasespace.metrics import circuit
 from phasespace.models.registry import embed_method, embedding_tables, make_model
@@ -29,6 +30,7 @@ METRICS = (
     "distance_irrelevance_largest_wrong",
     "circularity",
     "param_norm",
+    "degenerate",
 )
 """Per-network fields returned by :func:`analyze_population` (besides split-wise accuracy/loss)."""
 
@@ -67,7 +69,8 @@ def analyze_network(
         ``train_accuracy``, ``test_accuracy`` (float32 from int32 counts, exactly 1.0 when
         perfect), ``gradient_symmetricity`` (SPEC §5.1) and ``gradient_symmetricity_zero_grads``
         (int32), ``distance_irrelevance`` and ``distance_irrelevance_largest_wrong`` (§5.2),
-        ``circularity`` (§5.3), ``param_norm`` (L2).
+        ``circularity`` (§5.3), ``param_norm`` (L2), and ``degenerate`` (int32 bit mask of
+        :data:`phasespace.faults.FLAGS`; metrics undefined for a degenerate network are NaN).
     """
     model = make_model(arch)
     p = arch.p
@@ -87,7 +90,7 @@ def analyze_network(
 
     gs, zero = circuit.gradient_symmetricity(logit_of, emb, triple_classes)
     table_a, _ = embedding_tables(arch, params)
-    return {
+    out = {
         "loss": jnp.mean(losses),
         "accuracy": jnp.sum(correct) / n,
         "train_loss": jnp.sum(jnp.where(train_mask, losses, 0.0)) / n_tr,
@@ -101,6 +104,9 @@ def analyze_network(
         "circularity": circuit.circularity(table_a),
         "param_norm": circuit.param_norm(params),
     }
+    correct_logit = circuit.correct_logits(logits, p)
+    flags = faults.degeneracy_flags(params, logits, correct_logit, table_a, zero, triple_classes.shape[0])
+    return faults.flag_degenerate(out, flags)
 
 
 @functools.lru_cache(maxsize=32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,15 +19,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_sweep(spec, out, spec_path=args.spec, progress=not args.quiet)
     runs = result.runs
     env = result.environment
+    rate = env.get("network_steps_per_second")
     print(
         f"\n{len(runs['index'])} networks, {env['wall_seconds']:.1f} s, "
-        f"{env['network_steps_per_second']:.0f} network-steps/s -> {out}"
+        + (f"{rate:.0f} network-steps/s" if rate else "nothing left to train")
+        + (" (resumed)" if env.get("resumed") else "")
+        + f" -> {out}"
     )
+    frozen = int(np.sum(runs["nonfinite_step"] >= 0))
+    degenerate = int(np.sum(runs["degenerate"] != "")) if runs["degenerate"].dtype.kind == "U" else 0
+    if frozen or degenerate:
+        print(
+            f"{frozen} networks frozen after a non-finite loss/update (column nonfinite_step), "
+            f"{degenerate} with NaN metrics (column degenerate); means below skip NaN"
+        )
     alpha = runs["attention_rate"]
     print(
         f"{'attention rate':>14} {'n':>3} {'test acc':>9} {'grad sym':>9} {'dist irr':>9} "
         f"{'d.i. (lw)':>9} {'circular':>8}"
     )
+    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN groups print nan
     for a in np.unique(alpha):
         sel = alpha == a
         print(
@@ -123,11 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from phasespace.config import SpecError
 
-    try:
-        return args.fn(args)
-    except (SpecError, FileNotFoundError) as e:
-        print(f"phasespace: error: {e}", file=sys.stderr)
-        return 2
+    def show(message, category, *_args, **_kwargs) -> None:
+        print(f"phasespace: warning ({category.__name__}): {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return args.fn(args)
+        except (SpecError, FileNotFoundError) as e:
+            print(f"phasespace: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "b2": None,
     "eps": 1e-8,
     "log_every": 100,
+    "checkpoint_every": 1000,
 }
 """``None``: the model family's default (:data:`phasespace.models.registry.RECIPE_DEFAULTS`)."""
 ANALYSIS_DEFAULTS: dict[str, Any] = {
@@ -184,7 +185,9 @@ class SweepSpec:
         """Canonical JSON of everything that changes results (for resume checks)."""
         d = self.to_dict()
         d.pop("name")
-        d["train"] = {k: v for k, v in d["train"].items() if k not in ("chunk_steps", "log_every")}
+        d["train"] = {
+            k: v for k, v in d["train"].items() if k not in ("chunk_steps", "log_every", "checkpoint_every")
+        }
         return json.dumps(d, sort_keys=True)
 
 
@@ -242,6 +245,10 @@ def _check_axis(key: str, v: Any) -> Any:
     if isinstance(v, dict):
         if key in BOOL_AXES or key in ("act", "model"):
             raise SpecError(f"{field}: {key} cannot be sampled from a distribution; give a list")
+        if key in STATIC_AXES:
+            raise SpecError(
+                f"{field}: {key} changes the compiled program; give it as a list, not a distribution"
+            )
         d = dict(v)
         for k in d:
             if k not in ("dist", "low", "high"):
@@ -262,10 +269,6 @@ def _check_axis(key: str, v: Any) -> Any:
         for e in ends:
             x = math.floor(e) if key in INT_AXES else float(e)
             _check_value(f"{field} (range end {e!r})", key, x)
-        if key in STATIC_AXES:
-            raise SpecError(
-                f"{field}: {key} changes the compiled program; give it as a list, not a distribution"
-            )
         return d
     return _check_value(field, key, v)
 
@@ -311,7 +314,7 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         )
     if not sampled and sampling["n"] > 0:
         raise SpecError(f"sampling.n={sampling['n']!r}: no axis is a distribution; remove it or give one")
-    for k in ("steps", "chunk_steps", "log_every"):
+    for k in ("steps", "chunk_steps", "log_every", "checkpoint_every"):
         v = train[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise SpecError(f"train.{k}={v!r}: must be a positive integer")
@@ -326,11 +329,19 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise SpecError(f"train.{k}={v!r}: must be in [0, 1)")
-    if isinstance(train["eps"], bool) or not isinstance(train["eps"], (int, float)) or not train["eps"] > 0:
-        raise SpecError(f"train.eps={train['eps']!r}: must be > 0")
+    eps = train["eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise SpecError(f"train.eps={eps!r}: must be a finite number > 0")
     n_t = analysis["n_triples"]
     if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
         raise SpecError(f"analysis.n_triples={n_t!r}: must be a positive integer")
+    p_min = min(_values(axes["p"]))
+    if "n_triples" in (raw.get("analysis") or {}) and n_t > p_min**3:
+        # (the default, 100, falls back to all p³ triples when p³ is smaller)
+        raise SpecError(
+            f"analysis.n_triples={n_t!r}: must be ≤ p³ = {p_min**3} (p={p_min}), "
+            "the number of triples (a, b, c)"
+        )
     if isinstance(analysis["triple_seed"], bool) or not isinstance(analysis["triple_seed"], int):
         raise SpecError(f"analysis.triple_seed={analysis['triple_seed']!r}: must be an integer")
     _check_analysis(analysis)
@@ -386,11 +397,16 @@ def _check_combinations(spec: SweepSpec) -> None:
                 raise SpecError(
                     f"axes.d_model={d!r}: must be ≥ n_heads={h} (d_head = floor(d_model/n_heads))"
                 )
+    tf = a["train_fraction"]
+    fractions = [tf["low"], tf["high"]] if isinstance(tf, dict) else _values(tf)
     for p in _values(a["p"]):
-        for f in _values(a["train_fraction"]) if not isinstance(a["train_fraction"], dict) else []:
+        for f in fractions:
             k = math.floor(f * p * p)
             if k == 0 or k == p * p:
-                raise SpecError(f"axes.train_fraction={f!r}: with p={p} gives {k} of {p * p} training pairs")
+                raise SpecError(
+                    f"axes.train_fraction={f!r}: with p={p} gives {k} of {p * p} training pairs; "
+                    "both the train and the test split must be non-empty"
+                )
 
 
 def load_spec(path: str) -> SweepSpec:

@@ -16,12 +16,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from phasespace import phase, plots, store
+from phasespace.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, exclusive_sweep_dir
 from phasespace.circuits import CircuitOptions, analyze_full, circuit_columns
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
+from phasespace.faults import describe_flags
 from phasespace.final_params import save_bucket_params
 from phasespace.population import build_population
 from phasespace.tracking import MetricsRecorder, aligned_chunk
-from phasespace.train import HISTORY_FIELDS, TrainState, train_population
+from phasespace.train import HISTORY_FIELDS, TrainState, compiled_init, train_population
 
 RUN_COLUMNS = (
     "train_loss",
@@ -41,6 +43,7 @@ RUN_COLUMNS = (
     "first_full_test_step",
     "collapsed",
     "nonfinite_step",
+    "degenerate",
     "steps",
 )
 """Metric columns of ``runs.csv`` (after ``index``, ``bucket`` and every axis of
@@ -78,28 +81,65 @@ def train_bucket(
     progress: bool = True,
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
     out_dir: str | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    checkpoint_dir: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and analyse one bucket.
+
+    Args:
+        bucket, spec: the bucket and its sweep's validated spec.
+        progress: show a progress bar with ETA.
+        on_chunk: called after every chunk with the state and that chunk's history.
+        out_dir: if given, the final parameters are saved there
+            (:func:`phasespace.final_params.save_bucket_params`).
+        checkpoint_dir: if given (``<sweep dir>/checkpoints``), the bucket resumes from its latest
+            complete checkpoint under ``<checkpoint_dir>/<bucket key>`` (or returns its recorded
+            result when finished), saves every ``train.checkpoint_every`` steps and at the end, and
+            records its result (see :mod:`phasespace.checkpoint`).
 
     With ``analysis.every = N > 0`` every metric is also recorded at steps 0, N, 2N, … (chunks
     shortened to divide N) and returned under ``history["metrics_history"]`` (a dict: ``step``
-    (T,), metrics (R_bucket, T, ...)). With ``out_dir`` the final parameters are saved there
-    (:func:`phasespace.final_params.save_bucket_params`).
+    (T,), metrics (R_bucket, T, ...)); the records are checkpointed with the state.
 
     Returns:
         ``(rows, history)``: one runs-table row per network (bucket order; array metrics of
         :func:`~phasespace.circuits.analyze_full` are included under their names, for
-        ``analysis.npz``) and training curves subsampled every ``train.log_every`` steps, each
-        (R_bucket, n_logged).
+        ``analysis.npz``) and training curves subsampled every ``train.log_every`` steps (and
+        the last step), each (R_bucket, n_logged), with ``step`` (n_logged,).
+
+    Raises:
+        phasespace.checkpoint.ResumeError: if a checkpoint was made with a different spec.
     """
     recipe = spec.recipe_for(bucket.arch)
-    pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
     every = int(spec.analysis.get("every", 0))
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = BucketCheckpoint(os.path.join(checkpoint_dir, bucket.key), bucket, spec)
+        finished = ckpt.load_result()
+        if finished is not None:
+            if progress:
+                tqdm.write(f"{bucket.key}: finished earlier, rows read from {ckpt.result_path}")
+            rows, history = finished
+            rows = [{k: np.asarray(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
+            if every > 0:
+                history["metrics_history"] = _load_metrics_history(ckpt.directory, recipe.steps)
+            return rows, history
+    pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
     recorder = MetricsRecorder(bucket.arch, pop.hparams, spec.analysis, every) if every > 0 else None
-    if recorder is not None:
+    state, log = None, LoggedHistory(recipe.steps, spec.train["log_every"])
+    if ckpt is not None:
+        resumed = ckpt.restore(jax.eval_shape(compiled_init(recipe), pop.params, pop.hparams))
+        if resumed is not None:
+            state, hist = resumed
+            log = LoggedHistory(recipe.steps, spec.train["log_every"], int(state.step[0]), hist)
+            if recorder is not None:
+                recorder.restore(_load_metrics_history(ckpt.directory, log.done))
+            if progress:
+                tqdm.write(f"{bucket.key}: resuming from the checkpoint of step {log.done}")
+    if recorder is not None and not recorder.steps:
         recorder.record(0, pop.params)
     bar = tqdm(
         total=recipe.steps,
+        initial=log.done,
         desc=f"{bucket.key} ({pop.size} networks)",
         unit="step",
         disable=not progress,
@@ -112,15 +152,24 @@ def train_bucket(
             loss=f"{np.nanmean(h['train_loss'][:, -1]):.3g}",
             test_acc=f"{np.nanmean(h['test_accuracy'][:, -1]):.3f}",
         )
+        log.add(h)
         if recorder is not None:
             recorder.on_chunk(state, h)
+        if ckpt is not None and ckpt.due(log.done):
+            if recorder is not None:  # written before the state: a restore keeps steps ≤ its own
+                store.write_npz(os.path.join(ckpt.directory, METRICS_HISTORY_FILE), recorder.result())
+            ckpt.save(state, log.arrays())
         if on_chunk is not None:
             on_chunk(state, h)
 
     chunk = aligned_chunk(spec.train["chunk_steps"], every)
-    state, hist = train_population(pop, recipe, chunk, on_chunk=chunk_done)
+    state, _ = train_population(pop, recipe, chunk, state=state, on_chunk=chunk_done)
     bar.close()
-    if recorder is not None and recorder.steps and recorder.steps[-1] == int(np.asarray(state.step)[0]):
+    if (
+        recorder is not None
+        and recorder.last is not None
+        and recorder.steps[-1] == int(np.asarray(state.step)[0])
+    ):
         m, arrays = recorder.last
     else:
         m, arrays = analyze_full(bucket.arch, state.params, pop.hparams, spec.analysis)
@@ -138,21 +187,27 @@ def train_bucket(
         row["collapsed"] = bool(host.collapsed[i])
         row["nonfinite_step"] = int(host.nonfinite_step[i])
         row["steps"] = int(host.step[i])
+        row["degenerate"] = describe_flags(int(m["degenerate"][i]))
         rows.append(row)
-    log_every = spec.train["log_every"]
-    n_steps = hist["train_loss"].shape[1]
-    keep = np.unique(np.r_[np.arange(0, n_steps, log_every), n_steps - 1]) if n_steps else np.zeros(0, int)
-    history = {k: hist[k][:, keep] for k in HISTORY_FIELDS}
-    history["step"] = keep
+    history: dict[str, Any] = dict(log.arrays())
+    if ckpt is not None:
+        if recorder is not None:
+            store.write_npz(os.path.join(ckpt.directory, METRICS_HISTORY_FILE), recorder.result())
+        ckpt.save_result(rows, history)
     if recorder is not None:
         history["metrics_history"] = recorder.result()
     return rows, history
 
 
+@exclusive_sweep_dir
 def run_sweep(
     spec: SweepSpec, out_dir: str, spec_path: str | None = None, progress: bool = True
 ) -> store.SweepResult:
     """Run a whole sweep and write its directory (see :mod:`phasespace.store`).
+
+    If ``out_dir`` already holds a sweep of the same spec (a killed or finished run), it is
+    resumed: each bucket continues from its latest complete checkpoint, finished buckets are not
+    retrained, and the results are the same as an uninterrupted run's (:mod:`phasespace.checkpoint`).
 
     Args:
         spec: a validated spec.
@@ -162,10 +217,15 @@ def run_sweep(
 
     Returns:
         The written sweep, loaded back (:func:`phasespace.store.load_sweep`).
+
+    Raises:
+        phasespace.checkpoint.ResumeError: before any compute, if ``out_dir`` holds a sweep of a
+            different spec (naming the differing fields) or another run is writing it.
     """
     networks = expand(spec)
     buckets = plan_buckets(networks)
-    os.makedirs(out_dir, exist_ok=True)
+    resuming = check_sweep_dir(out_dir, spec)  # (the directory exists: exclusive_sweep_dir made it)
+    store.remove_stale_temporaries(out_dir)
     if spec_path is not None:
         with open(spec_path, "rb") as f:
             store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
@@ -174,10 +234,18 @@ def run_sweep(
     store.write_json(os.path.join(out_dir, "environment.json"), env)
 
     t0 = time.perf_counter()
+    trained = [0]  # network-steps trained by this call (a resume skips finished work)
+
+    def count(_: TrainState, h: dict[str, np.ndarray]) -> None:
+        trained[0] += h["train_loss"].size
+
     rows: list[dict[str, Any]] = []
     histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
     for b in buckets:
-        r, h = train_bucket(b, spec, progress=progress, out_dir=out_dir)
+        ckpt_dir = os.path.join(out_dir, "checkpoints")
+        r, h = train_bucket(
+            b, spec, progress=progress, on_chunk=count, out_dir=out_dir, checkpoint_dir=ckpt_dir
+        )
         rows.extend(r)
         histories.append(([n.index for n in b.networks], h))
     wall = time.perf_counter() - t0
@@ -194,7 +262,9 @@ def run_sweep(
         }
         for b in buckets
     ]
-    env["network_steps_per_second"] = len(networks) * spec.recipe.steps / wall
+    env["resumed"] = resuming
+    env["network_steps_this_run"] = trained[0]
+    env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
     store.write_json(os.path.join(out_dir, "environment.json"), env)
     return store.load_sweep(out_dir)
 
@@ -205,12 +275,12 @@ def write_results(
     rows: list[dict[str, Any]],
     histories: list[tuple[list[int], dict[str, np.ndarray]]],
 ) -> None:
-    """Write ``runs.csv``, ``history.npz``, ``analysis.npz``, ``metrics_history.npz`` (when
-    recorded), ``phase.npz`` and the figures of a sweep."""
+    """Write ``history.npz``, ``analysis.npz``, ``metrics_history.npz`` (when recorded),
+    ``phase.npz``, the figures and, last (it marks a finished sweep), ``runs.csv``; each file
+    atomically."""
     opts = CircuitOptions.from_mapping(spec.analysis)
     columns = ["index", "bucket", *AXES, *RUN_COLUMNS]
     columns += circuit_columns(opts.n_components // opts.min_circle_components)
-    store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
     n = len(rows)
     write_array_metrics(os.path.join(out_dir, ARRAYS_FILE), rows)
     tracked = [(idx, h["metrics_history"]) for idx, h in histories if "metrics_history" in h]
@@ -237,6 +307,19 @@ def write_results(
     plots.plot_metrics_vs_attention_rate(
         runs, os.path.join(fig_dir, "metrics_vs_attention_rate.png"), title=f"{spec.name}: {n} networks"
     )
+    store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
+
+
+def _load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
+    """The metrics recorded along training saved beside a bucket's checkpoints, keeping steps
+    ≤ ``upto`` (empty if none were saved)."""
+    path = os.path.join(directory, METRICS_HISTORY_FILE)
+    if not os.path.exists(path):
+        return {"step": np.zeros(0, np.int64)}
+    with np.load(path) as z:
+        saved = {k: z[k] for k in z.files}
+    keep = saved["step"] <= upto
+    return {k: (v[keep] if k == "step" else v[:, keep]) for k, v in saved.items()}
 
 
 def default_out_dir(spec: SweepSpec) -> str:

@@ -70,6 +70,14 @@ class MetricsRecorder:
         if step % self.every == 0 and (not self.steps or self.steps[-1] != step):
             self.record(step, state.params)
 
+    def restore(self, saved: Mapping[str, np.ndarray]) -> None:
+        """Replace the records by those of a saved :meth:`result` (resume after a kill)."""
+        steps = [int(x) for x in np.asarray(saved.get("step", []))]
+        names = [k for k in saved if k != "step"]
+        self.steps = steps
+        self._records = [{k: np.asarray(saved[k])[:, t] for k in names} for t in range(len(steps))]
+        self.last = None
+
     def result(self) -> dict[str, np.ndarray]:
         """``step`` int64 (T,) and each numeric metric stacked as (R, T, ...)."""
         out: dict[str, np.ndarray] = {"step": np.asarray(self.steps, np.int64)}
