@@ -78,10 +78,10 @@ def install(kill: str) -> None:
         atomicity.AtomicRenameTemporaryPath.finalize = finalize
     elif kind == "analysis":
 
-        def analyze_population(*a, **k):
+        def analyze_full(*a, **k):
             die()
 
-        sweep.analyze_population = analyze_population
+        sweep.analyze_full = analyze_full
     elif kind == "write":
         original = store.atomic_path
 

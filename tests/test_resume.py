@@ -444,3 +444,36 @@ def test_wrong_leaf_shape_is_corrupt_and_other_spec_is_refused(tmp_path):
     with pytest.raises(ResumeError, match=r"train.steps: 60 \(stored\) ≠ 80 \(this spec\)"):
         _bucket_ckpt(tmp_path / "b2", steps=80).restore(_state(0))
     assert os.path.isdir(tmp_path / "b2" / "20")  # a refusal never moves a checkpoint aside
+
+
+def test_metrics_along_training_survive_a_kill(work):
+    """With ``[analysis] every``, the metrics recorded along training are checkpointed with the
+    state: kill after the step-40 checkpoint, resume, and metrics_history.npz equals an
+    uninterrupted run's."""
+    spec = os.path.join(str(work.root), "tracked.toml")
+    with open(work.spec) as f:
+        text = f.read()
+    with open(spec, "w") as f:
+        f.write(text.replace("[analysis]\n", "[analysis]\nevery = 20\n"))
+
+    def run(kill, out):
+        return subprocess.run(
+            [sys.executable, DRIVER, kill, spec, str(out)],
+            env=work.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    ref, out = work.root / "tracked_ref", work.root / "tracked_killed"
+    assert run("none", ref).returncode == 0
+    r = run("chunk:50:wait=40", out)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    r = run("none", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_results(str(ref), str(out))
+    with np.load(ref / "metrics_history.npz") as x, np.load(out / "metrics_history.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        np.testing.assert_array_equal(x["step"], [0, 20, 40, 60])
+        for k in x.files:
+            assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), k
