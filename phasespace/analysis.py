@@ -14,10 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phasespace import faults
 from phasespace.data import all_pairs
 from phasespace.metrics import circuit
 from phasespace.models.fast import logits_table
-from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.registry import embed_method, embedding_tables, make_model
+from phasespace.models.transformer import TransformerArch
 from phasespace.train import cross_entropy
 
 METRICS = (
@@ -29,6 +31,7 @@ METRICS = (
     "distance_irrelevance_largest_wrong",
     "circularity",
     "param_norm",
+    "degenerate",
 )
 """Per-network fields returned by :func:`analyze_population` (besides split-wise accuracy/loss)."""
 
@@ -70,9 +73,10 @@ def analyze_network(
         ``train_accuracy``, ``test_accuracy`` (float32 from int32 counts, exactly 1.0 when
         perfect), ``gradient_symmetricity`` (SPEC §5.1) and ``gradient_symmetricity_zero_grads``
         (int32), ``distance_irrelevance`` and ``distance_irrelevance_largest_wrong`` (§5.2),
-        ``circularity`` (§5.3), ``param_norm`` (L2).
+        ``circularity`` (§5.3), ``param_norm`` (L2), and ``degenerate`` (int32 bit mask of
+        :data:`phasespace.faults.FLAGS`; metrics undefined for a degenerate network are NaN).
     """
-    model = Transformer(arch)
+    model = make_model(arch)
     p = arch.p
     logits = logits_table(arch, params, attention_rate, attn_scale, tokens, fast)
     losses = cross_entropy(logits, labels)
@@ -83,14 +87,14 @@ def analyze_network(
     tr_c = jnp.sum(correct & train_mask)
     te_c = jnp.sum(correct & ~train_mask)
 
-    emb = model.apply(params, triple_tokens, method=Transformer.embed)
+    emb = model.apply(params, triple_tokens, method=embed_method(arch))
 
     def logit_of(e: jax.Array) -> jax.Array:
-        return model.apply(params, e[None], attention_rate, attn_scale, method=Transformer.from_embeddings)[0]
+        return model.apply(params, e[None], attention_rate, attn_scale, method="from_embeddings")[0]
 
     gs, zero = circuit.gradient_symmetricity(logit_of, emb, triple_classes)
-    w_e = params["params"]["W_E"]
-    return {
+    table_a, _ = embedding_tables(arch, params)
+    out = {
         "loss": jnp.mean(losses),
         "accuracy": jnp.sum(correct) / n,
         "train_loss": jnp.sum(jnp.where(train_mask, losses, 0.0)) / n_tr,
@@ -101,9 +105,12 @@ def analyze_network(
         "gradient_symmetricity_zero_grads": zero,
         "distance_irrelevance": circuit.distance_irrelevance(logits, p),
         "distance_irrelevance_largest_wrong": circuit.distance_irrelevance_largest_wrong(logits, p),
-        "circularity": circuit.circularity(w_e[:, :p].T),
+        "circularity": circuit.circularity(table_a),
         "param_norm": circuit.param_norm(params),
     }
+    correct_logit = circuit.correct_logits(logits, p)
+    flags = faults.degeneracy_flags(params, logits, correct_logit, table_a, zero, triple_classes.shape[0])
+    return faults.flag_degenerate(out, flags)
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,9 +1,10 @@
-"""Command line: ``phasespace run | reference``."""
+"""Command line: ``phasespace run | reference | analyze | bench``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,15 +32,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     runs = result.runs
     env = result.environment
+    rate = env.get("network_steps_per_second")
     print(
         f"\n{len(runs['index'])} networks, {env['wall_seconds']:.1f} s, "
-        f"{env['network_steps_per_second']:.0f} network-steps/s -> {out}"
+        + (f"{rate:.0f} network-steps/s" if rate else "nothing left to train")
+        + (" (resumed)" if env.get("resumed") else "")
+        + f" -> {out}"
     )
+    frozen = int(np.sum(runs["nonfinite_step"] >= 0))
+    degenerate = int(np.sum(runs["degenerate"] != "")) if runs["degenerate"].dtype.kind == "U" else 0
+    if frozen or degenerate:
+        print(
+            f"{frozen} networks frozen after a non-finite loss/update (column nonfinite_step), "
+            f"{degenerate} with NaN metrics (column degenerate); means below skip NaN"
+        )
     alpha = runs["attention_rate"]
     print(
         f"{'attention rate':>14} {'n':>3} {'test acc':>9} {'grad sym':>9} {'dist irr':>9} "
         f"{'d.i. (lw)':>9} {'circular':>8}"
     )
+    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN groups print nan
     for a in np.unique(alpha):
         sel = alpha == a
         print(
@@ -97,6 +109,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.args)
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import os
+
+    from phasespace.reanalysis import analyze_sweep, is_reference_folder, write_reference_analysis
+
+    if is_reference_folder(args.dir):
+        out = args.out or os.path.join("runs", "reference")
+        rows = write_reference_analysis(args.dir, out)
+        key = "run"
+    else:
+        if args.out:
+            print("phasespace: error: --out applies to reference folders only", file=sys.stderr)
+            return 2
+        rows = analyze_sweep(args.dir)
+        out, key = args.dir, "index"
+    cols = [
+        key,
+        "model",
+        "accuracy",
+        "gradient_symmetricity",
+        "distance_irrelevance",
+        "circularity",
+        "n_circles",
+        "circles_accuracy",
+        "algorithm",
+    ]
+    print(" ".join(f"{c[:12]:>12}" for c in cols) + "  circles k (δ)")
+    for r in rows:
+        ks = [(r.get(f"circle{i}_k", np.nan), r.get(f"circle{i}_delta", np.nan)) for i in range(1, 13)]
+        circ = ", ".join(f"{int(k)} ({int(d)})" for k, d in ks if np.isfinite(k) and k > 0)
+        vals = [r.get(c, "") for c in cols]
+        print(
+            " ".join(f"{v:>12.5g}" if isinstance(v, (float, np.floating)) else f"{v!s:>12}" for v in vals)
+            + f"  {circ}"
+        )
+    print(f"-> {os.path.join(out, 'runs.csv')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasespace`` console script."""
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
@@ -114,16 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref.add_argument("dir", nargs="?", default="../shared/reference", help="folder of <runid>.npz/.json")
     ref.add_argument("--out", help="write the table as CSV here")
     ref.set_defaults(fn=_cmd_reference)
+    ana = sub.add_parser(
+        "analyze",
+        help="recompute every metric of a finished sweep (in place) or of a folder of reference checkpoints",
+    )
+    ana.add_argument("dir", help="a sweep directory, or a folder of <runid>.npz/.json checkpoints")
+    ana.add_argument("--out", help="for a checkpoint folder: output directory (default runs/reference)")
+    ana.set_defaults(fn=_cmd_analyze)
     args = parser.parse_args(argv)
     from phasespace.config import SpecError
     from phasespace.memory import DeviceMemoryError
     from phasespace.parallel import DistributedConfigError
 
-    try:
-        return args.fn(args)
-    except (SpecError, FileNotFoundError, DeviceMemoryError, DistributedConfigError) as e:
-        print(f"phasespace: error: {e}", file=sys.stderr)
-        return 2
+    def show(message, category, *_args, **_kwargs) -> None:
+        print(f"phasespace: warning ({category.__name__}): {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return args.fn(args)
+        except (SpecError, FileNotFoundError, DeviceMemoryError, DistributedConfigError) as e:
+            print(f"phasespace: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

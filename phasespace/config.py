@@ -15,6 +15,13 @@ A spec has four tables::
     steps = 3000
     [analysis]
     n_triples = 100
+    every = 1000      # record every metric every 1000 steps (metrics_history.npz); 0: off
+
+``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
+``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
+width = ``d_model``, 256 in the paper; they need n_layers = 1, act = "relu", no diff_vocab /
+eqn_sign, and ignore n_heads and attention_rate). ``train.b2`` and ``train.warmup_steps`` default
+to the family's recipe (transformer 0.98 / 10, MLP 0.999 / 0, SPEC §4).
 
 Grid axes are crossed (Cartesian product, in the order of :data:`AXES`); distribution axes are
 drawn independently for each of ``sampling.n`` networks per grid point. Distributions:
@@ -39,12 +46,15 @@ from typing import Any
 
 import numpy as np
 
+from phasespace.circuits import DI_METRICS
 from phasespace.memory import parse_bytes
-from phasespace.models.transformer import ACTIVATIONS, TransformerArch
+from phasespace.models.registry import FAMILIES, RECIPE_DEFAULTS, Arch, make_arch, recipe_defaults
+from phasespace.models.transformer import ACTIVATIONS
 from phasespace.population import NetworkSpec
 from phasespace.train import PRECISIONS, Recipe
 
 AXES: dict[str, Any] = {
+    "model": "transformer",
     "p": 59,
     "n_layers": 1,
     "n_heads": 4,
@@ -61,7 +71,7 @@ AXES: dict[str, Any] = {
 }
 """Every sweepable axis with its default (the paper's recipe; ``data_seed = -1`` means "= seed")."""
 
-STATIC_AXES = ("p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
+STATIC_AXES = ("model", "p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
 """Axes that change the compiled program: networks differing in them go to different buckets."""
 
 INT_AXES = ("p", "n_layers", "n_heads", "d_model", "seed", "data_seed")
@@ -72,16 +82,30 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 20_000,
     "chunk_steps": 500,
     "precision": "float32",
-    "warmup_steps": 10,
+    "warmup_steps": None,
     "b1": 0.9,
-    "b2": 0.98,
+    "b2": None,
     "eps": 1e-8,
     "log_every": 100,
+    "checkpoint_every": 1000,
     "fast": True,
     "group_size": "auto",
     "memory_limit": "auto",
 }
-ANALYSIS_DEFAULTS: dict[str, Any] = {"n_triples": 100, "triple_seed": 42}
+"""``None``: the model family's default (:data:`phasespace.models.registry.RECIPE_DEFAULTS`)."""
+ANALYSIS_DEFAULTS: dict[str, Any] = {
+    "n_triples": 100,
+    "triple_seed": 42,
+    "every": 0,
+    "n_components": 12,
+    "min_power": 0.9,
+    "circular_threshold": 0.995,
+    "gs_threshold": 0.98,
+    "di_threshold": 0.6,
+    "di_metric": "distance_irrelevance",
+}
+"""``every``: record all metrics every N steps (0: only at the end); the rest: see
+:class:`phasespace.circuits.CircuitOptions`."""
 SAMPLING_DEFAULTS: dict[str, Any] = {"n": 0, "seed": 0}
 TOP_KEYS = ("name", "axes", "sampling", "train", "analysis")
 DISTRIBUTIONS = ("uniform", "log2uniform", "randint")
@@ -121,7 +145,17 @@ class SweepSpec:
 
     @property
     def recipe(self) -> Recipe:
-        t = self.train
+        """The transformer recipe (family defaults filled in); see :meth:`recipe_for`."""
+        return self.recipe_for(None)
+
+    def recipe_for(self, arch: Arch | None) -> Recipe:
+        """The recipe of a bucket: ``[train]`` values, ``None`` ones replaced by the model
+        family's defaults (SPEC §4; transformer when ``arch`` is None)."""
+        t = dict(self.train)
+        defaults = recipe_defaults(arch) if arch is not None else dict(RECIPE_DEFAULTS["transformer"])
+        for k, v in defaults.items():
+            if t.get(k) is None:
+                t[k] = v
         return Recipe(
             steps=int(t["steps"]),
             b1=float(t["b1"]),
@@ -156,7 +190,7 @@ class SweepSpec:
         """Canonical JSON of everything that changes results (for resume checks)."""
         d = self.to_dict()
         d.pop("name")
-        execution = ("chunk_steps", "log_every", "group_size", "memory_limit")
+        execution = ("chunk_steps", "log_every", "checkpoint_every", "group_size", "memory_limit")
         d["train"] = {k: v for k, v in d["train"].items() if k not in execution}
         return json.dumps(d, sort_keys=True)
 
@@ -166,6 +200,10 @@ def _check_value(field: str, key: str, v: Any) -> Any:
     if key in BOOL_AXES:
         if not isinstance(v, bool):
             raise SpecError(f"{where}={v!r}: must be true or false")
+        return v
+    if key == "model":
+        if not isinstance(v, str) or v not in FAMILIES:
+            raise SpecError(f"{where}={v!r}: must be one of {list(FAMILIES)}")
         return v
     if key == "act":
         if not isinstance(v, str) or v.lower() not in ACTIVATIONS:
@@ -209,8 +247,12 @@ def _check_axis(key: str, v: Any) -> Any:
             raise SpecError(f"{field}={v!r}: grid values must be distinct")
         return vals
     if isinstance(v, dict):
-        if key in BOOL_AXES or key == "act":
+        if key in BOOL_AXES or key in ("act", "model"):
             raise SpecError(f"{field}: {key} cannot be sampled from a distribution; give a list")
+        if key in STATIC_AXES:
+            raise SpecError(
+                f"{field}: {key} changes the compiled program; give it as a list, not a distribution"
+            )
         d = dict(v)
         for k in d:
             if k not in ("dist", "low", "high"):
@@ -231,10 +273,6 @@ def _check_axis(key: str, v: Any) -> Any:
         for e in ends:
             x = math.floor(e) if key in INT_AXES else float(e)
             _check_value(f"{field} (range end {e!r})", key, x)
-        if key in STATIC_AXES:
-            raise SpecError(
-                f"{field}: {key} changes the compiled program; give it as a list, not a distribution"
-            )
         return d
     return _check_value(field, key, v)
 
@@ -280,12 +318,12 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         )
     if not sampled and sampling["n"] > 0:
         raise SpecError(f"sampling.n={sampling['n']!r}: no axis is a distribution; remove it or give one")
-    for k in ("steps", "chunk_steps", "log_every"):
+    for k in ("steps", "chunk_steps", "log_every", "checkpoint_every"):
         v = train[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise SpecError(f"train.{k}={v!r}: must be a positive integer")
     w = train["warmup_steps"]
-    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
         raise SpecError(f"train.warmup_steps={w!r}: must be an integer ≥ 0")
     if not isinstance(train["fast"], bool):
         raise SpecError(f"train.fast={train['fast']!r}: must be true (fast path when possible) or false")
@@ -300,19 +338,49 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         raise SpecError(f"train.precision={train['precision']!r}: must be one of {list(PRECISIONS)}")
     for k in ("b1", "b2"):
         v = train[k]
+        if v is None and k == "b2":
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise SpecError(f"train.{k}={v!r}: must be in [0, 1)")
-    if isinstance(train["eps"], bool) or not isinstance(train["eps"], (int, float)) or not train["eps"] > 0:
-        raise SpecError(f"train.eps={train['eps']!r}: must be > 0")
+    eps = train["eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise SpecError(f"train.eps={eps!r}: must be a finite number > 0")
     n_t = analysis["n_triples"]
     if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
         raise SpecError(f"analysis.n_triples={n_t!r}: must be a positive integer")
+    p_min = min(_values(axes["p"]))
+    if "n_triples" in (raw.get("analysis") or {}) and n_t > p_min**3:
+        # (the default, 100, falls back to all p³ triples when p³ is smaller)
+        raise SpecError(
+            f"analysis.n_triples={n_t!r}: must be ≤ p³ = {p_min**3} (p={p_min}), "
+            "the number of triples (a, b, c)"
+        )
     if isinstance(analysis["triple_seed"], bool) or not isinstance(analysis["triple_seed"], int):
         raise SpecError(f"analysis.triple_seed={analysis['triple_seed']!r}: must be an integer")
+    _check_analysis(analysis)
 
     spec = SweepSpec(sweep_name, axes, sampling, train, analysis)
     _check_combinations(spec)
     return spec
+
+
+def _check_analysis(analysis: Mapping[str, Any]) -> None:
+    for k in ("every", "n_components"):
+        v = analysis[k]
+        lo = 0 if k == "every" else 2
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise SpecError(f"analysis.{k}={v!r}: must be an integer ≥ {lo}")
+    for k, lo, hi in (
+        ("min_power", 0.0, 1.0),
+        ("circular_threshold", 0.0, 1.0),
+        ("gs_threshold", -1.0, 1.0),
+        ("di_threshold", 0.0, math.inf),
+    ):
+        v = analysis[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise SpecError(f"analysis.{k}={v!r}: must be a number in [{lo}, {hi}]")
+    if analysis["di_metric"] not in DI_METRICS:
+        raise SpecError(f"analysis.di_metric={analysis['di_metric']!r}: must be one of {list(DI_METRICS)}")
 
 
 def _values(v: Any) -> list[Any]:
@@ -321,6 +389,15 @@ def _values(v: Any) -> list[Any]:
 
 def _check_combinations(spec: SweepSpec) -> None:
     a = spec.axes
+    if any(m != "transformer" for m in _values(a["model"])):
+        needs = {"n_layers": 1, "act": "relu", "diff_vocab": False, "eqn_sign": False}
+        for k, want in needs.items():
+            bad = [v for v in _values(a[k]) if v != want]
+            if bad:
+                raise SpecError(
+                    f"axes.{k}={bad[0]!r}: the MLP models (axes.model={list(_values(a['model']))}) need "
+                    f"{k} = {want!r}; sweep other {k} values in a separate spec"
+                )
     heads = _values(a["n_heads"])
     widths = (
         _values(a["d_model"]) if not isinstance(a["d_model"], dict) else [int(2.0 ** a["d_model"]["low"])]
@@ -333,11 +410,16 @@ def _check_combinations(spec: SweepSpec) -> None:
                 raise SpecError(
                     f"axes.d_model={d!r}: must be ≥ n_heads={h} (d_head = floor(d_model/n_heads))"
                 )
+    tf = a["train_fraction"]
+    fractions = [tf["low"], tf["high"]] if isinstance(tf, dict) else _values(tf)
     for p in _values(a["p"]):
-        for f in _values(a["train_fraction"]) if not isinstance(a["train_fraction"], dict) else []:
+        for f in fractions:
             k = math.floor(f * p * p)
             if k == 0 or k == p * p:
-                raise SpecError(f"axes.train_fraction={f!r}: with p={p} gives {k} of {p * p} training pairs")
+                raise SpecError(
+                    f"axes.train_fraction={f!r}: with p={p} gives {k} of {p * p} training pairs; "
+                    "both the train and the test split must be non-empty"
+                )
 
 
 def load_spec(path: str) -> SweepSpec:
@@ -424,7 +506,7 @@ class Bucket:
     """
 
     key: str
-    arch: TransformerArch
+    arch: Arch
     networks: tuple[Network, ...]
 
 
@@ -441,7 +523,8 @@ def plan_buckets(networks: list[Network]) -> list[Bucket]:
     for key, nets in groups.items():
         vals = dict(zip(STATIC_AXES, key, strict=True))
         width = max(int(n.values["d_model"]) for n in nets)
-        arch = TransformerArch(
+        arch = make_arch(
+            vals["model"],
             p=vals["p"],
             d_model=width,
             n_layers=vals["n_layers"],
@@ -450,9 +533,12 @@ def plan_buckets(networks: list[Network]) -> list[Bucket]:
             diff_vocab=vals["diff_vocab"],
             eqn_sign=vals["eqn_sign"],
         )
-        name = (
-            f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
-            f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
-        )
+        if vals["model"] != "transformer":
+            name = f"p{arch.p}_{vals['model']}_D{width}"
+        else:
+            name = (
+                f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
+                f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
+            )
         buckets.append(Bucket(name, arch, tuple(nets)))
     return buckets

@@ -1,12 +1,13 @@
-"""The population programs laid out on devices: training chunks and the analysis pass.
+"""The training program of a population laid out on devices.
 
-:mod:`phasespace.train` and :mod:`phasespace.analysis` define what happens to ONE network
-(``train_chunk``, ``analyze_network``); this module runs them for a whole population according to
-a :class:`phasespace.parallel.Layout`: padded to a multiple of the device count, sharded over the
-run axis (``shard_map``), G networks vmapped at a time on each device (``lax.map``), in host
-chunks when the population state does not fit, in the run's matmul precision. Every compiled
-program is built ahead of time (``jit(...).lower(...).compile()``), so its memory analysis is
-known before it runs (:mod:`phasespace.memory`).
+:mod:`phasespace.train` defines what happens to ONE network (``train_chunk``); this module runs
+it for a whole population according to a :class:`phasespace.parallel.Layout`: padded to a
+multiple of the device count, sharded over the run axis (``shard_map``), G networks vmapped at a
+time on each device (``lax.map``), in host chunks when the population state does not fit, in the
+run's matmul precision. Every compiled program is built ahead of time
+(``jit(...).lower(...).compile()``), so its memory analysis is known before it runs
+(:mod:`phasespace.memory`). The analysis pass (:mod:`phasespace.analysis`,
+:mod:`phasespace.circuits`) runs afterwards on the trained parameters, in float32.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from jax.sharding import PartitionSpec as P
 
 from phasespace import parallel
 from phasespace.data import all_pairs
-from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.registry import make_model
+from phasespace.models.transformer import TransformerArch
 from phasespace.train import HISTORY_FIELDS, Recipe, TrainState, init_state, train_chunk
 
 PRECISION_NAMES = {
@@ -73,7 +75,7 @@ def _struct(tree: Any, n: int, sharding: NamedSharding) -> Any:
 def _one_state_shape(arch: TransformerArch, recipe: Recipe) -> tuple[Any, Any]:
     def init(key: jax.Array) -> Any:
         tokens = jnp.zeros((1, arch.n_ctx), jnp.int32)
-        return Transformer(arch).init(key, tokens, jnp.float32(1.0), jnp.float32(1.0))
+        return make_model(arch).init(key, tokens, jnp.float32(1.0), jnp.float32(1.0))
 
     params = jax.eval_shape(init, jax.random.key(0))
     hp = {
@@ -231,83 +233,8 @@ def _full_state(states: list[Any], single: bool, n: int) -> Any:
     if not single:
         return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *states)
     st = states[0]
-    first = jax.tree_util.tree_leaves(st)[0]
-    if first.shape[0] == n:
+    if not all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(st)):
+        return _slice_runs(parallel.tree_to_host(st), 0, n)  # multi-process: host copies
+    if jax.tree_util.tree_leaves(st)[0].shape[0] == n:
         return st
-    if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(st)):
-        return jax.tree_util.tree_map(lambda x: x[:n], st)
-    return _slice_runs(parallel.tree_to_host(st), 0, n)
-
-
-# --------------------------------------------------------------------------------------------- #
-# Analysis
-
-
-@functools.lru_cache(maxsize=32)
-def compiled_sharded_analysis(
-    arch: TransformerArch, layout: parallel.Layout, n_padded: int, n_triples: int, fast: bool, precision: str
-) -> Any:
-    """jit of :func:`phasespace.analysis.analyze_network` over a population laid out by
-    ``layout`` (call as ``fn(params, attention_rate, attn_scale, train_mask, tokens, labels,
-    triple_tokens, triple_classes)``)."""
-    from phasespace.analysis import analyze_network
-
-    name = matmul_precision(precision, _platform(layout))
-
-    def one(params, alpha, scale, mask, tokens, labels, t_tokens, t_classes):
-        with jax.default_matmul_precision(name):
-            return analyze_network(
-                arch, params, alpha, scale, mask, tokens, labels, t_tokens, t_classes, fast=fast
-            )
-
-    fn = parallel.sharded_map(one, layout.mesh, layout.group_size, n_sharded=4, n_replicated=4)
-    return jax.jit(fn)
-
-
-def analyze_sharded(
-    arch: TransformerArch,
-    params: Any,
-    attention_rate: Any,
-    attn_scale: Any,
-    train_mask: Any,
-    layout: parallel.Layout,
-    n_triples: int = 100,
-    triple_seed: int = 42,
-    fast: bool = True,
-    precision: str = "float32",
-) -> dict[str, np.ndarray]:
-    """:func:`phasespace.analysis.analyze_population` laid out on devices.
-
-    Args:
-        arch, params, attention_rate, attn_scale, train_mask, n_triples, triple_seed: as
-            :func:`~phasespace.analysis.analyze_population` (leaves / arrays with run axis R).
-        layout: devices, group size and host chunk (the training plan's).
-        fast: use the exact fast logits when the bucket allows it.
-        precision: matmul precision mode of the analysis (default exact float32: the metrics are
-            measurements, whatever precision the networks were trained in).
-
-    Returns:
-        dict of NumPy arrays of shape (R,), identical on every process.
-    """
-    from phasespace.analysis import _triple_tokens
-    from phasespace.metrics import circuit
-
-    tokens, labels = all_pairs(arch.task)
-    triples = circuit.reference_triples(arch.p, n_triples, triple_seed)
-    shared = parallel.put_replicated(
-        (tokens, labels, _triple_tokens(arch, triples), triples[:, 2].astype(np.int32)), layout.mesh
-    )
-    per_net = (
-        params,
-        np.asarray(attention_rate, np.float32),
-        np.asarray(attn_scale, np.float32),
-        np.asarray(train_mask, bool),
-    )
-    outs: list[dict[str, np.ndarray]] = []
-    for a, b in layout.chunks:
-        m = layout.padded(b - a)
-        args = parallel.put_runs(parallel.pad_runs(_slice_runs(per_net, a, b), m), layout.mesh)
-        fn = compiled_sharded_analysis(arch, layout, m, n_triples, fast, precision)
-        res = fn(*args, *shared)
-        outs.append({k: parallel.to_host(v)[: b - a] for k, v in res.items()})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return jax.tree_util.tree_map(lambda x: x[:n], st)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from phasespace.models.mlp import MLP_KINDS, MLPArch, mlp_params_from_state_dict
 from phasespace.models.transformer import TransformerArch
 
 _BLOCK_KEYS = {
@@ -143,3 +144,46 @@ def load_reference_transformer(
     with np.load(npz_path) as z:
         state = {k: z[k] for k in z.files}
     return arch, transformer_params_from_state_dict(state, arch), cfg
+
+
+def arch_from_reference_mlp_config(cfg: dict[str, Any]) -> MLPArch:
+    """:class:`~phasespace.models.mlp.MLPArch` of a reference MLP-model config (``model_type``
+    A/X/B/C/D, ``C`` = p, ``d_hidden``).
+
+    Raises:
+        CheckpointError: for an unknown ``model_type``.
+    """
+    kind = cfg.get("model_type")
+    if kind not in MLP_KINDS:
+        raise CheckpointError(f"model_type={kind!r}: expected one of {sorted(MLP_KINDS)}")
+    return MLPArch(p=int(cfg["C"]), d_model=int(cfg.get("d_hidden", cfg.get("d_model", 256))), kind=kind)
+
+
+def load_reference_checkpoint(
+    npz_path: str, config_path: str | None = None
+) -> tuple[TransformerArch | MLPArch, dict[str, Any], dict[str, Any]]:
+    """Load any released reference checkpoint: a transformer or an appendix MLP model (config
+    with ``model_type``, keys ``embed.weight`` (p, e), ``unembed.weight`` (p, d_hidden),
+    ``l1.*``, ``l2.*``; SPEC §3).
+
+    Returns:
+        ``(arch, params, config)`` as :func:`load_reference_transformer`.
+
+    Raises:
+        CheckpointError: on keys or shapes that do not match the config (naming the key, the
+            expected and the found shape).
+        FileNotFoundError: if either file is missing.
+    """
+    if config_path is None:
+        config_path = os.path.splitext(npz_path)[0] + ".json"
+    cfg = read_reference_config(config_path)
+    if not cfg.get("model_type"):
+        return load_reference_transformer(npz_path, config_path)
+    arch = arch_from_reference_mlp_config(cfg)
+    with np.load(npz_path) as z:
+        state = {k: z[k] for k in z.files}
+    try:
+        params = mlp_params_from_state_dict(state, arch)
+    except ValueError as e:
+        raise CheckpointError(f"{npz_path}: {e}") from e
+    return arch, params, cfg

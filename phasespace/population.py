@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from phasespace.data import train_mask
-from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.mlp import MLPArch
+from phasespace.models.mlp import resize_params as _resize_mlp
+from phasespace.models.registry import make_model
+from phasespace.models.transformer import TransformerArch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ class NetworkSpec:
 
 @functools.lru_cache(maxsize=256)
 def _init_fn(arch: TransformerArch):
-    model = Transformer(arch)
+    model = make_model(arch)
     tokens = jnp.zeros((1, arch.n_ctx), jnp.int32)
 
     def init(key: jax.Array) -> Any:
@@ -92,6 +95,8 @@ def unpad_params(params: Any, bucket: TransformerArch, true: TransformerArch) ->
 
 
 def _resize(params: Any, src: TransformerArch, dst: TransformerArch) -> Any:
+    if isinstance(src, MLPArch):
+        return _resize_mlp(params, src, dst)
     d0, d1 = src.d_model, dst.d_model
     h0, h1 = src.d_head, dst.d_head
     _m0, m1 = src.d_mlp, dst.d_mlp
@@ -185,7 +190,14 @@ def build_population(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> 
         parts.append((idx, pad_params(p, true, arch)))
     order = np.argsort(np.concatenate([np.asarray(idx) for idx, _ in parts]))
     params = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0)[order], *[p for _, p in parts])
-    hparams = {
+    return Population(arch=arch, networks=networks, params=params, hparams=network_hparams(arch, networks))
+
+
+def network_hparams(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> dict[str, jax.Array]:
+    """The per-network data of :class:`Population` (``hparams``) for ``networks`` in ``arch``'s
+    bucket: ``attention_rate``, ``attn_scale``, ``lr``, ``weight_decay`` (R,) float32 and
+    ``train_mask`` (R, p²) bool."""
+    return {
         "attention_rate": jnp.asarray([n.attention_rate for n in networks], jnp.float32),
         "attn_scale": jnp.asarray([attn_scale(n.d_model, arch.n_heads) for n in networks], jnp.float32),
         "lr": jnp.asarray([n.lr for n in networks], jnp.float32),
@@ -194,4 +206,3 @@ def build_population(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> 
             np.stack([train_mask(arch.p, n.train_fraction, n.split_seed) for n in networks])
         ),
     }
-    return Population(arch=arch, networks=networks, params=params, hparams=hparams)

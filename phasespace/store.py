@@ -8,10 +8,10 @@ A sweep directory holds::
     phase.npz          phase-diagram arrays with named axes and coordinates
     history.npz        per-network training curves (run axis × logged step)
     figures/*.png      plots
-    checkpoints/       orbax checkpoints per bucket (resume points)
+    checkpoints/       orbax checkpoints per bucket (resume points, :mod:`phasespace.checkpoint`)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a reader
-never sees a partial file.
+never sees a partial file; ``runs.csv`` is written last and marks a finished sweep.
 """
 
 from __future__ import annotations
@@ -22,21 +22,31 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+TMP_SUFFIX = ".tmp"
+"""Suffix of the temporary files of :func:`atomic_path`."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``
-    (``os.replace``, atomic on POSIX), on error it is removed."""
+    """Yield a temporary path beside ``path`` (``.<name>.<random>.tmp``, created with the
+    umask's permissions); on success it is fsynced and renamed onto ``path`` (``os.replace``,
+    atomic on POSIX), on error it is removed. A process killed in between leaves only the
+    temporary file (see :func:`remove_stale_temporaries`), never a partial ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
+    while True:
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -46,6 +56,31 @@ def atomic_path(path: str) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete temporaries left by :func:`atomic_path` in a killed process (``.<name>.*.tmp``
+    in ``folder`` and its ``figures/``); call only while no other process writes ``folder``.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for sub in (folder, os.path.join(folder, "figures")):
+        if not os.path.isdir(sub):
+            continue
+        for name in os.listdir(sub):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(sub, name))
+                    removed.append(os.path.join(sub, name))
+    return removed
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -163,8 +163,9 @@ class TrainState(NamedTuple):
         first_full_train: int32, first step count at which train accuracy was 1.0 (−1: never).
         first_full_test: int32, same for test accuracy.
         collapsed: bool, test accuracy fell below 1.0 after having reached it.
-        nonfinite_step: int32, step at which the loss or update became NaN/inf; the network is
-            frozen from then on (−1: never).
+        nonfinite_step: int32, step at which the loss, the parameters or the AdamW moments
+            became NaN/inf; the network is frozen from then on at its last finite parameters and
+            optimizer state (−1: never).
     """
 
     params: Any
@@ -262,7 +263,7 @@ def train_chunk(
         updates, opt_state = tx.update(grads, s.opt_state, s.params)
         params = optax.apply_updates(s.params, updates)
         alive = s.nonfinite_step < 0
-        ok = jnp.isfinite(loss) & _all_finite(params)
+        ok = jnp.isfinite(loss) & _all_finite(params) & _all_finite(opt_state)
         keep = alive & ok
         params = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), params, s.params)
         opt_state = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), opt_state, s.opt_state)

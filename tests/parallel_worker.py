@@ -10,7 +10,7 @@ jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 import numpy as np  # noqa: E402
 
 from phasespace import parallel  # noqa: E402
-from phasespace.engine import analyze_sharded  # noqa: E402
+from phasespace.analysis import analyze_population  # noqa: E402
 from phasespace.models.transformer import TransformerArch  # noqa: E402
 from phasespace.population import NetworkSpec, build_population  # noqa: E402
 from phasespace.train import Recipe, train_population  # noqa: E402
@@ -26,14 +26,9 @@ def main() -> None:
     pop = build_population(arch, nets)
     layout = parallel.simple_layout(pop.size, group_size=group)
     state, hist = train_population(pop, Recipe(steps=12), chunk_steps=6, layout=layout)
-    m = analyze_sharded(
-        arch,
-        state.params,
-        pop.hparams["attention_rate"],
-        pop.hparams["attn_scale"],
-        pop.hparams["train_mask"],
-        layout,
-        n_triples=10,
+    hp = pop.hparams
+    m = analyze_population(
+        arch, state.params, hp["attention_rate"], hp["attn_scale"], hp["train_mask"], n_triples=10
     )
     leaves = {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}
     np.savez(

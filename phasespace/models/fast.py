@@ -36,12 +36,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from phasespace.models.transformer import Transformer, TransformerArch, activation
+from phasespace.models.transformer import TransformerArch, activation
 
 
-def supports_fast(arch: TransformerArch) -> bool:
-    """Whether :func:`fast_logits` applies: one block and two input tokens (no equals token)."""
-    return arch.n_layers == 1 and not arch.eqn_sign
+def supports_fast(arch: Any) -> bool:
+    """Whether :func:`fast_logits` applies: a transformer with one block and two input tokens
+    (no equals token)."""
+    return isinstance(arch, TransformerArch) and arch.n_layers == 1 and not arch.eqn_sign
 
 
 def fold_unembedding(arch: TransformerArch) -> bool:
@@ -192,7 +193,7 @@ pair_mix_act.defvjp(_pair_mix_act_fwd, _pair_mix_act_bwd)
 
 
 def logits_table(
-    arch: TransformerArch,
+    arch: Any,
     params: Any,
     attention_rate: jax.Array,
     attn_scale: jax.Array,
@@ -202,7 +203,7 @@ def logits_table(
     """The full (p², V) logit table of one network, by the fast path when it applies.
 
     Args:
-        arch: static architecture.
+        arch: static architecture (any model family of :mod:`phasespace.models.registry`).
         params: one network's parameters.
         attention_rate, attn_scale: float32 scalars.
         tokens: int32 (p², n_ctx), :func:`phasespace.data.all_pairs` (used by the plain path only;
@@ -215,4 +216,6 @@ def logits_table(
     """
     if fast and supports_fast(arch):
         return fast_logits(params, arch, attention_rate, attn_scale)
-    return Transformer(arch).apply(params, tokens, attention_rate, attn_scale)
+    from phasespace.models.registry import make_model
+
+    return make_model(arch).apply(params, tokens, attention_rate, attn_scale)

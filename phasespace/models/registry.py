@@ -1,0 +1,214 @@
+"""Model families: one place that maps a static architecture to its Flax module, parameter
+padding, embedding tables and training-recipe defaults, so populations, training and analysis
+serve transformers (SPEC §2) and the appendix MLP models (SPEC §3) with the same code.
+
+An *architecture* is a frozen dataclass: :class:`~phasespace.models.transformer.TransformerArch`
+or :class:`~phasespace.models.mlp.MLPArch`. Both expose ``p``, ``d_model``, ``n_heads``,
+``task``, ``vocab``, ``n_ctx``, ``diff_vocab``, ``eqn_sign`` and ``with_width``; their modules
+share the calling convention ``apply(params, tokens, attention_rate, attn_scale) → logits (B, V)``
+and a ``from_embeddings(emb, attention_rate, attn_scale)`` method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
+from phasespace.models.mlp import resize_params as _resize_mlp
+from phasespace.models.transformer import ACTIVATIONS, Transformer, TransformerArch
+
+Arch = TransformerArch | MLPArch
+
+FAMILIES: dict[str, str | None] = {
+    "transformer": None,
+    "mlp_alpha": "A",
+    "mlp_alpha_prime": "X",
+    "mlp_beta": "B",
+    "mlp_gamma": "C",
+    "mlp_delta": "D",
+}
+"""Model family name (the sweep axis ``model``) → reference key of the MLP model (SPEC §3;
+``None`` for the transformer)."""
+
+_KIND_TO_FAMILY = {v: k for k, v in FAMILIES.items() if v is not None}
+
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "transformer": {"b1": 0.9, "b2": 0.98, "eps": 1e-8, "warmup_steps": 10},
+    "mlp": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "warmup_steps": 0},
+}
+"""Optimizer defaults per family (SPEC §4): transformers AdamW betas (0.9, 0.98) with a 10-step
+warm-up; MLP models betas (0.9, 0.999), no warm-up. Both: lr 1e-3, wd 2.0, full batch."""
+
+
+def family(arch: Arch) -> str:
+    """The family name of an architecture (a key of :data:`FAMILIES`)."""
+    if isinstance(arch, MLPArch):
+        return _KIND_TO_FAMILY[arch.kind]
+    if isinstance(arch, TransformerArch):
+        return "transformer"
+    raise TypeError(f"arch={arch!r}: not a TransformerArch or MLPArch")
+
+
+def is_mlp(arch: Arch) -> bool:
+    return isinstance(arch, MLPArch)
+
+
+def make_arch(
+    model: str,
+    p: int,
+    d_model: int,
+    n_layers: int = 1,
+    n_heads: int = 4,
+    act: str = "relu",
+    diff_vocab: bool = False,
+    eqn_sign: bool = False,
+) -> Arch:
+    """Static architecture of family ``model`` (MLP models ignore the transformer-only fields).
+
+    Raises:
+        ValueError: unknown ``model``, naming the allowed families.
+    """
+    if model not in FAMILIES:
+        raise ValueError(f"model={model!r}: must be one of {list(FAMILIES)}")
+    kind = FAMILIES[model]
+    if kind is not None:
+        return MLPArch(p=p, d_model=d_model, kind=kind)
+    return TransformerArch(
+        p=p,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        act=act,
+        diff_vocab=diff_vocab,
+        eqn_sign=eqn_sign,
+    )
+
+
+def make_model(arch: Arch) -> nn.Module:
+    """The Flax module of ``arch``: ``apply(params, tokens (B, n_ctx) int32, attention_rate,
+    attn_scale) → logits (B, V) float32`` (MLP models ignore the last two)."""
+    return MLPModel(arch) if isinstance(arch, MLPArch) else Transformer(arch)
+
+
+def embed_method(arch: Arch) -> str:
+    """Name of the module method mapping tokens (B, n_ctx) to token embeddings (B, n_ctx, e)
+    before the positional embedding (for gradient symmetricity, SPEC §5.1)."""
+    return "embed_tokens" if isinstance(arch, MLPArch) else "embed"
+
+
+def resize_params(params: Any, src: Arch, dst: Arch) -> Any:
+    """Zero-pad or slice parameters between widths ``src.d_model`` and ``dst.d_model``."""
+    if isinstance(src, MLPArch):
+        return _resize_mlp(params, src, dst)
+    from phasespace.population import _resize
+
+    return _resize(params, src, dst)
+
+
+def recipe_defaults(arch: Arch) -> dict[str, Any]:
+    """Optimizer defaults of the family (:data:`RECIPE_DEFAULTS`)."""
+    return dict(RECIPE_DEFAULTS["mlp" if isinstance(arch, MLPArch) else "transformer"])
+
+
+# --------------------------------------------------------------------------------------------- #
+# Embedding tables (for circularity, key frequencies and circle isolation, SPEC §5.3–5.5)
+
+
+def shares_table(arch: Arch) -> bool:
+    """True when both operands read the same embedding table (no separate vocabulary, not α′)."""
+    if isinstance(arch, MLPArch):
+        return not arch.two_tables
+    return not arch.diff_vocab
+
+
+def embedding_tables(arch: Arch, params: Any) -> tuple[Any, Any]:
+    """The operand embedding tables of one network (no run axis).
+
+    Returns:
+        ``(table_a, table_b)``, each (p, e) float32: row t is the embedding of operand value t at
+        position 0 (a) and 1 (b). For the transformer table_a = W_E[:, :p]ᵀ and table_b =
+        W_E[:, p:2p]ᵀ with the separate vocabulary, else the same array; for MLP models the
+        ``embed`` table (``embed1``/``embed2`` for α′).
+    """
+    p = arch.p
+    P = params["params"]
+    if isinstance(arch, MLPArch):
+        if arch.two_tables:
+            return P["embed1"]["weight"], P["embed2"]["weight"]
+        t = P["embed"]["weight"]
+        return t, t
+    w_e = P["W_E"]
+    a = w_e[:, :p].T
+    return (a, w_e[:, p : 2 * p].T) if arch.diff_vocab else (a, a)
+
+
+def set_embedding_tables(arch: Arch, params: Any, table_a: Any, table_b: Any | None = None) -> Any:
+    """``params`` with the operand tables replaced (inverse of :func:`embedding_tables`); every
+    other weight (including the equals token's embedding) is unchanged. ``table_b`` is ignored
+    when :func:`shares_table`."""
+    p = arch.p
+    P = dict(params["params"])
+    if isinstance(arch, MLPArch):
+        if arch.two_tables:
+            P["embed1"] = {"weight": table_a}
+            P["embed2"] = {"weight": table_b}
+        else:
+            P["embed"] = {"weight": table_a}
+        return {**params, "params": P}
+    w_e = jnp.asarray(P["W_E"]).at[:, :p].set(table_a.T)
+    if arch.diff_vocab:
+        w_e = w_e.at[:, p : 2 * p].set(table_b.T)
+    P["W_E"] = w_e
+    return {**params, "params": P}
+
+
+# --------------------------------------------------------------------------------------------- #
+# (De)serialisation, for the arrays written beside a sweep
+
+
+def arch_to_dict(arch: Arch) -> dict[str, Any]:
+    """JSON-able description of an architecture (inverse: :func:`arch_from_dict`)."""
+    if isinstance(arch, MLPArch):
+        return {"model": family(arch), "p": arch.p, "d_model": arch.d_model}
+    return {
+        "model": "transformer",
+        "p": arch.p,
+        "d_model": arch.d_model,
+        "n_layers": arch.n_layers,
+        "n_heads": arch.n_heads,
+        "act": arch.act,
+        "diff_vocab": arch.diff_vocab,
+        "eqn_sign": arch.eqn_sign,
+    }
+
+
+def arch_from_dict(d: dict[str, Any]) -> Arch:
+    """Rebuild an architecture written by :func:`arch_to_dict`."""
+    d = dict(d)
+    return make_arch(d.pop("model"), **d)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "FAMILIES",
+    "MLP_KINDS",
+    "RECIPE_DEFAULTS",
+    "Arch",
+    "MLPArch",
+    "TransformerArch",
+    "arch_from_dict",
+    "arch_to_dict",
+    "embed_method",
+    "embedding_tables",
+    "family",
+    "is_mlp",
+    "make_arch",
+    "make_model",
+    "recipe_defaults",
+    "resize_params",
+    "set_embedding_tables",
+    "shares_table",
+]
