@@ -114,8 +114,8 @@ def analyze_network(
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(arch: TransformerArch):
-    fn = functools.partial(analyze_network, arch)
+def _compiled(arch: TransformerArch, fast: bool = True):
+    fn = functools.partial(analyze_network, arch, fast=fast)
     return jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, 0, None, None, None, None)))
 
 
@@ -127,6 +127,7 @@ def analyze_population(
     train_mask: Any,
     n_triples: int = 100,
     triple_seed: int = 42,
+    fast: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every metric of :func:`analyze_network` for R networks in one jitted, vmapped call.
 
@@ -137,6 +138,7 @@ def analyze_population(
         train_mask: (R, p²) bool.
         n_triples, triple_seed: the gradient-symmetricity sample (SPEC §5.1 reference sample:
             100 triples, ``random.Random(42)``).
+        fast: the exact fast logit table where the bucket allows it; False forces the plain model.
 
     Returns:
         dict of NumPy arrays of shape (R,).
@@ -144,7 +146,7 @@ def analyze_population(
     tokens, labels = all_pairs(arch.task)
     triples = circuit.reference_triples(arch.p, n_triples, triple_seed)
     with jax.default_matmul_precision("highest"):
-        out = _compiled(arch)(
+        out = _compiled(arch, fast)(
             params,
             jnp.asarray(attention_rate, jnp.float32),
             jnp.asarray(attn_scale, jnp.float32),

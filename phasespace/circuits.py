@@ -23,6 +23,7 @@ import numpy as np
 from phasespace.analysis import analyze_population
 from phasespace.data import all_pairs
 from phasespace.metrics import circles, circuit
+from phasespace.models.fast import logits_table
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
 
 ALGORITHMS = ("non-circular", "pizza", "clock", "mixed")
@@ -120,7 +121,7 @@ def isolated_logits(
     a = circles.isolate(circles.pca(ta), keep_a)
     b = a if shares_table(arch) else circles.isolate(circles.pca(tb), keep_a if keep_b is None else keep_b)
     iso = set_embedding_tables(arch, params, a, b)
-    return make_model(arch).apply(iso, jnp.asarray(tokens), attention_rate, attn_scale)
+    return logits_table(arch, iso, attention_rate, attn_scale, jnp.asarray(tokens))  # fast path if 1 layer
 
 
 def circuit_network(

@@ -43,7 +43,7 @@ def install(kill: str) -> None:
         original = sweep.train_population
 
         @functools.wraps(original)
-        def train_population(pop, recipe, chunk_steps=500, state=None, on_chunk=None):
+        def train_population(pop, recipe, chunk_steps=500, state=None, on_chunk=None, **kwargs):
             def hook(st, h):
                 if on_chunk is not None:
                     on_chunk(st, h)
@@ -59,7 +59,7 @@ def install(kill: str) -> None:
                             time.sleep(0.05)
                     die()
 
-            return original(pop, recipe, chunk_steps, state=state, on_chunk=hook)
+            return original(pop, recipe, chunk_steps, state=state, on_chunk=hook, **kwargs)
 
         sweep.train_population = train_population
     elif kind == "commit":
