@@ -140,11 +140,12 @@ def train_bucket(
             return rows, history
     pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
     t = spec.train
+    chunk = aligned_chunk(t["chunk_steps"], every)
     plan = plan_training(
         bucket.arch,
         recipe,
         pop.size,
-        t["chunk_steps"],
+        chunk,
         memory_limit=parse_bytes(t["memory_limit"]),
         group_size=None if t["group_size"] == "auto" else int(t["group_size"]),
     )
@@ -180,7 +181,7 @@ def train_bucket(
         )
         log.add(h)
         if recorder is not None:
-            recorder.on_chunk(state, h)
+            recorder.on_chunk(state._replace(params=parallel.tree_to_host(state.params)), h)
         if ckpt is not None and ckpt.due(log.done):
             if recorder is not None:  # written before the state: a restore keeps steps ≤ its own
                 store.write_npz(os.path.join(ckpt.directory, METRICS_HISTORY_FILE), recorder.result())
@@ -188,9 +189,11 @@ def train_bucket(
         if on_chunk is not None:
             on_chunk(state, h)
 
-    chunk = aligned_chunk(spec.train["chunk_steps"], every)
     state, _ = train_population(pop, recipe, chunk, state=state, on_chunk=chunk_done, layout=plan.layout)
     bar.close()
+    # The analysis runs on one device from host copies (an XLA-partitioned analysis over several
+    # CPU devices can deadlock in their collectives; it costs a few training steps' worth).
+    params = parallel.tree_to_host(state.params)
     if (
         recorder is not None
         and recorder.last is not None
@@ -198,10 +201,10 @@ def train_bucket(
     ):
         m, arrays = recorder.last
     else:
-        m, arrays = analyze_full(bucket.arch, state.params, pop.hparams, spec.analysis)
+        m, arrays = analyze_full(bucket.arch, params, pop.hparams, spec.analysis)
     if out_dir is not None and parallel.is_main_process():
         idx = [n.index for n in bucket.networks]
-        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, state.params, pop.hparams)
+        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, pop.hparams)
     host = parallel.tree_to_host(state._replace(params=None, opt_state=None))
     precision = effective_precision(recipe.precision, jax.default_backend())
     compute = "fast" if recipe.fast and supports_fast(bucket.arch) else "plain"

@@ -27,10 +27,11 @@ def main() -> None:
     layout = parallel.simple_layout(pop.size, group_size=group)
     state, hist = train_population(pop, Recipe(steps=12), chunk_steps=6, layout=layout)
     hp = pop.hparams
+    params = parallel.tree_to_host(state.params)  # analysed on one device (as the sweep does)
     m = analyze_population(
-        arch, state.params, hp["attention_rate"], hp["attn_scale"], hp["train_mask"], n_triples=10
+        arch, params, hp["attention_rate"], hp["attn_scale"], hp["train_mask"], n_triples=10
     )
-    leaves = {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}
+    leaves = {f"param_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))}
     np.savez(
         out,
         devices=layout.n_devices,
