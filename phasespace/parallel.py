@@ -242,6 +242,7 @@ def to_host(x: Any) -> np.ndarray:
 
 
 def tree_to_host(tree: Any) -> Any:
+    """:func:`to_host` of every leaf of a pytree."""
     return jax.tree_util.tree_map(to_host, tree)
 
 
@@ -264,11 +265,6 @@ def sharded_map(fn: Any, mesh: Mesh, group_size: int, n_sharded: int, n_replicat
 
     specs = (P(AXIS),) * n_sharded + (P(),) * n_replicated
     return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS))
-
-
-def layout_key(mesh: Mesh) -> tuple[Any, ...]:
-    """Hashable identity of a mesh (for caches)."""
-    return (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
 
 
 def ceil_div(a: int, b: int) -> int:
