@@ -1,9 +1,11 @@
 """Training (SPEC §4): loss, optimizer and the vmapped, scanned step of a whole population.
 
-The compiled program is ``jit(vmap(train_chunk))``: ``train_chunk`` is a ``lax.scan`` over K
-full-batch AdamW steps of one network; ``vmap`` adds the run axis R. Per-network learning rate,
-weight decay, attention rate, softmax scale and train split are data, so one program serves a
-whole grid. The host touches arrays only between chunks.
+``train_chunk`` is a ``lax.scan`` over K full-batch AdamW steps of one network; the population
+program maps it over the run axis R — ``jit(vmap(train_chunk))`` (:func:`compiled_chunk`), or, as
+:func:`train_population` runs it, sharded over devices in groups that fit each device
+(:mod:`phasespace.engine`). Per-network learning rate, weight decay, attention rate, softmax scale
+and train split are data, so one program serves a whole grid. The host touches arrays only
+between chunks.
 """
 
 from __future__ import annotations
