@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from phasespace import phase, plots, store
 from phasespace.analysis import analyze_population
+from phasespace.buckets import padding_report
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
 from phasespace.metrics.circuit import CIRCULAR_THRESHOLD
 from phasespace.population import build_population
@@ -142,13 +143,14 @@ def run_sweep(
         The written sweep, loaded back (:func:`phasespace.store.load_sweep`).
     """
     networks = expand(spec)
-    buckets = plan_buckets(networks)
+    buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
     os.makedirs(out_dir, exist_ok=True)
     if spec_path is not None:
         with open(spec_path, "rb") as f:
             store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
     store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
     env = environment(spec)
+    env["padding"] = padding_report(buckets)
     store.write_json(os.path.join(out_dir, "environment.json"), env)
 
     t0 = time.perf_counter()
@@ -165,6 +167,7 @@ def run_sweep(
     env["networks"] = len(networks)
     env["buckets"] = [{"key": b.key, "networks": len(b.networks), "d_model": b.arch.d_model} for b in buckets]
     env["network_steps_per_second"] = len(networks) * spec.recipe.steps / wall
+    env["padded_matmul_flops_per_second"] = env["padding"]["padded_flops_per_step"] * spec.recipe.steps / wall
     store.write_json(os.path.join(out_dir, "environment.json"), env)
     return store.load_sweep(out_dir)
 
@@ -194,12 +197,15 @@ def write_results(
         runs["first_full_test_step"] < 0, np.nan, runs["first_full_test_step"]
     )
     grid = [a for a in spec.grid_axes if a != "data_seed"]
+    arrays = phase.phase_arrays(runs, spec.phase, sampled=spec.sampled_axes)
     if not spec.sampled_axes:
-        store.write_npz(os.path.join(out_dir, "phase.npz"), phase.grid_arrays(runs, grid))
+        arrays.update(phase.grid_arrays(runs, grid))
+    store.write_npz(os.path.join(out_dir, "phase.npz"), arrays)
     fig_dir = os.path.join(out_dir, "figures")
     plots.plot_metrics_vs_attention_rate(
         runs, os.path.join(fig_dir, "metrics_vs_attention_rate.png"), title=f"{spec.name}: {n} networks"
     )
+    plots.phase_figures(runs, arrays, fig_dir, spec.phase, title=spec.name)
 
 
 def default_out_dir(spec: SweepSpec) -> str:
