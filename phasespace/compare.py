@@ -44,6 +44,9 @@ PUBLISHED_COLUMNS = {
 }
 """Published-table column → engine runs-table column (:func:`load_table`)."""
 
+RECIPE_COLUMNS = ("p", "steps", "train_fraction", "lr", "weight_decay", "n_heads")
+"""Settings reported by :func:`compare` when they differ between the two sides."""
+
 REQUIRED = ("gradient_symmetricity", "circularity")
 """Rows without a finite value in these columns are skipped (failed/unfinished runs)."""
 
@@ -167,6 +170,8 @@ class Comparison:
         diff: ``binned__*__mean`` and ``transition__*__alpha_star`` arrays of side 0 minus side 1,
             for keys present on both sides.
         options: the phase options used (shared bin edges).
+        notes: settings that differ between the sides (modulus, steps, …), to read the
+            differences with.
     """
 
     names: tuple[str, str]
@@ -174,6 +179,7 @@ class Comparison:
     arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
     diff: dict[str, np.ndarray]
     options: dict[str, Any]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def shared_width_edges(widths: Sequence[np.ndarray]) -> list[float]:
@@ -220,7 +226,18 @@ def compare(
     for k in pa:
         if k in pb and (k.endswith("__mean") or k.endswith("__alpha_star")):
             diff[k] = pa[k] - pb[k]
-    return Comparison(names, (ca, cb), (pa, pb), diff, opts)
+    notes = []
+    for key in RECIPE_COLUMNS:
+        if key in sa and key in sb:
+            va, vb = (np.unique(np.asarray(x[key])) for x in (sa, sb))
+            if len(va) and len(vb) and (len(va) != len(vb) or np.any(va != vb)):
+                notes.append(f"{key} differs: A {_values(va)}; B {_values(vb)}")
+    return Comparison(names, (ca, cb), (pa, pb), diff, opts, notes)
+
+
+def _values(v: np.ndarray, n: int = 5) -> str:
+    shown = ", ".join(f"{x:g}" if isinstance(x, (int, float, np.number)) else str(x) for x in v[:n])
+    return shown + (" …" if len(v) > n else "")
 
 
 def _fmt(x: float, width: int = 7, digits: int = 3) -> str:
@@ -238,6 +255,7 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = phase.SUBSETS) -> 
             f"{name}: {cnt['kept']} networks kept of {cnt['architecture']} with the architecture "
             f"({cnt['rows']} rows; {cnt['skipped_empty']} skipped for empty metrics)"
         )
+    lines.extend(f"note: {n}" for n in c.notes)
     present = [m for m in PRINTED if f"binned__all__{m}__mean" in pa and f"binned__all__{m}__mean" in pb]
     short = {
         "gradient_symmetricity": "grad sym",

@@ -1,5 +1,7 @@
 """Phase diagrams: binning, NaN-skipping statistics, classification and the logistic α* fit."""
 
+import os
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -180,3 +182,55 @@ def test_spec_axes_paper_distributions():
         parse_spec({"axes": {"attention_rate": {"dist": "range", "low": 0, "high": 2}}})
     with pytest.raises(SpecError, match=r"axes.n_layers"):
         parse_spec({"axes": {"n_layers": {"dist": "randint", "low": 1, "high": 3}}, "sampling": {"n": 1}})
+
+
+SAMPLED = """
+name = "widths"
+[axes]
+p = 7
+d_model = {dist = "log2uniform", low = 2, high = 3.6}
+attention_rate = {dist = "uniform", low = 0.0, high = 1.0}
+seed = {dist = "range", low = 0, high = 8}
+[sampling]
+n = 1
+[train]
+steps = 30
+chunk_steps = 30
+log_every = 10
+[buckets]
+max_buckets = 2
+max_waste = 0.0
+[phase]
+width_bins = [4, 8, 16]
+"""
+
+
+def test_sampled_width_sweep_writes_phase_arrays_padding_and_figures(tmp_path, capsys):
+    from phasespace.cli import main
+    from phasespace.store import load_sweep
+
+    spec = tmp_path / "widths.toml"
+    spec.write_text(SAMPLED)
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "padding waste" in text and "transition attention rate" in text and "4–7" in text
+    r = load_sweep(str(out))
+    w = r.runs["d_model"]
+    assert len(w) == 8 and w.min() >= 4 and w.max() <= 12 and len(np.unique(w)) > 2
+    pad = r.environment["padding"]
+    assert len(pad["buckets"]) == 2 and 0 < pad["waste"] < 1
+    assert sorted(r.runs["bucket"]) == sorted(b["key"] for b in pad["buckets"] for _ in range(b["networks"]))
+    arr, dims, coords = r.metric("binned__all__gradient_symmetricity__mean")
+    assert dims == ["d_model_bin", "attention_rate_bin"] and arr.shape == (2, 10)
+    cnt, _, _ = r.metric("binned__all__gradient_symmetricity__count")
+    nan, _, _ = r.metric("binned__all__gradient_symmetricity__nan")
+    assert cnt.sum() + nan.sum() == 8
+    np.testing.assert_array_equal(coords["d_model_bin"], np.sqrt([32.0, 128.0]))
+    a_star, dims_t, _ = r.metric("transition__all__symmetric__alpha_star")
+    assert dims_t == ["d_model_bin"] and a_star.shape == (2,)
+    # every metric is finite: the padded networks were analysed at their true widths
+    for k in ("gradient_symmetricity", "distance_irrelevance", "circularity", "param_norm"):
+        assert np.all(np.isfinite(r.runs[k])), k
+    figs = sorted(os.listdir(out / "figures"))
+    assert "phase_width_all.png" in figs and "alpha_panels_d4-7_all.png" in figs
