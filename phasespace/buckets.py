@@ -49,6 +49,11 @@ def forward_flops(arch: TransformerArch) -> int:
     Returns:
         int, FLOPs per input pair.
     """
+    if not hasattr(arch, "d_head"):  # an appendix MLP model (SPEC §3): l1 (d × d_in), [l2 (d × d)], U
+        h = arch.d_model
+        hidden_layers = 2 if arch.kind in ("B", "C") else 1
+        l1_uses = 2 if arch.kind == "C" else 1  # γ applies W₁ to E_a and E_b separately
+        return 2 * h * arch.d_in * l1_uses + 2 * h * h * (hidden_layers - 1) + 2 * h * arch.vocab
     d, hd, m, t, v = arch.d_model, arch.n_heads * arch.d_head, arch.d_mlp, arch.n_ctx, arch.vocab
     total = 2 * d * v
     for layer in range(arch.n_layers):
