@@ -58,6 +58,10 @@ RESUME_FREE_FIELDS = ("name", "train.chunk_steps", "train.checkpoint_every")
 boundaries do not change the arithmetic of the scanned steps). Every other field of the resolved
 spec must match, including ``train.log_every`` (it fixes which history columns are kept)."""
 
+RESUME_FREE_TABLES = ("phase.",)
+"""Spec tables that may change too: the phase diagram's binning and thresholds are applied after
+training, to the finished table."""
+
 KEEP_CHECKPOINTS = 2
 """Complete checkpoints kept per bucket (the latest and one to fall back on)."""
 
@@ -96,7 +100,11 @@ def resume_fields(spec: SweepSpec | Mapping[str, Any]) -> dict[str, Any]:
     """
     d = spec.to_dict() if isinstance(spec, SweepSpec) else spec
     flat = _flatten(json.loads(json.dumps(d)))
-    return {k: v for k, v in sorted(flat.items()) if k not in RESUME_FREE_FIELDS}
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if k not in RESUME_FREE_FIELDS and not k.startswith(RESUME_FREE_TABLES)
+    }
 
 
 def spec_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``phasespace run | reference | analyze | bench``."""
+"""Command line: ``phasespace run | reference | analyze | compare | bench``."""
 
 from __future__ import annotations
 
@@ -61,6 +61,79 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{np.nanmean(runs['distance_irrelevance_largest_wrong'][sel]):9.4f} "
             f"{np.mean(runs['circular'][sel]):8.2f}"
         )
+    _print_phase(result)
+    return 0
+
+
+def _print_phase(result) -> None:
+    from phasespace.phase import format_transitions
+
+    pad = result.environment.get("padding")
+    if pad:
+        widths = ", ".join(
+            f"D={b['d_model']} ({b['networks']} networks, d {b['true_widths'][0]}–{b['true_widths'][1]}, "
+            f"waste {100 * b['waste']:.1f}%)"
+            for b in pad["buckets"]
+        )
+        print(f"\nwidth buckets: {widths}\npadding waste: {100 * pad['waste']:.1f}% of matmul FLOPs")
+    if "dims__transition" in result.phase:
+        print()
+        print(format_transitions(result.phase))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import os
+
+    from phasespace import compare, store
+
+    tables = args.table or [
+        os.path.join(args.reference_dir, "1l_fixedwidth.csv"),
+        os.path.join(args.reference_dir, "1l_varywidth.csv"),
+    ]
+    filters = {
+        "n_layers": args.n_layers,
+        "act": None if args.act == "any" else args.act,
+        "diff_vocab": args.diff_vocab,
+        "eqn_sign": args.eqn_sign,
+    }
+    options = {
+        "circular_threshold": args.circular_threshold,
+        "symmetric_threshold": args.symmetric_threshold,
+        "irrelevance_threshold": args.irrelevance_threshold,
+    }
+    if args.alpha_bins is not None:
+        options["alpha_bins"] = args.alpha_bins
+    if args.width_edges:
+        options["width_bins"] = [float(x) for x in args.width_edges.split(",")]
+    a = compare.load_table(args.sweep)
+    for i, t in enumerate(tables):
+        b = compare.load_table(t)
+        c = compare.compare(a, b, (args.sweep, t), options, filters)
+        if i:
+            print("\n" + "=" * 100 + "\n")
+        print(compare.format_comparison(c))
+        if args.out:
+            stem = os.path.splitext(os.path.basename(t.rstrip("/")))[0]
+            rows = compare.comparison_rows(c)
+            if rows:
+                store.write_csv(os.path.join(args.out, f"alpha_star_vs_{stem}.csv"), list(rows[0]), rows)
+            store.write_npz(
+                os.path.join(args.out, f"compare_{stem}.npz"),
+                {
+                    **{f"A__{k}": v for k, v in c.arrays[0].items()},
+                    **{f"B__{k}": v for k, v in c.arrays[1].items()},
+                    **{f"diff__{k}": v for k, v in c.diff.items()},
+                },
+            )
+            if args.figures:
+                from phasespace import plots
+
+                for side, rows_, arrays in (("A", a, c.arrays[0]), ("B", b, c.arrays[1])):
+                    sel, _ = compare.select(rows_, **filters)
+                    name = os.path.basename(os.path.normpath(c.names[0 if side == "A" else 1]))
+                    plots.phase_figures(
+                        sel, arrays, os.path.join(args.out, f"figures_{stem}_{side}"), options, title=name
+                    )
     return 0
 
 
@@ -177,10 +250,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     ana.add_argument("dir", help="a sweep directory, or a folder of <runid>.npz/.json checkpoints")
     ana.add_argument("--out", help="for a checkpoint folder: output directory (default runs/reference)")
     ana.set_defaults(fn=_cmd_analyze)
+    cmp = sub.add_parser(
+        "compare",
+        help="compare a sweep (or a table) with the published sweep tables: binned statistics and α*",
+    )
+    cmp.add_argument("sweep", help="sweep directory, its runs.csv, or any table with the same columns")
+    cmp.add_argument(
+        "--table",
+        action="append",
+        help="table to compare with (repeatable; default: the two published tables in --reference-dir)",
+    )
+    cmp.add_argument("--reference-dir", default="../shared/reference", help="folder of the published tables")
+    cmp.add_argument("--n-layers", type=int, default=1, help="keep this depth (default 1)")
+    cmp.add_argument(
+        "--act", default="relu", choices=["relu", "gelu", "any"], help="activation (default relu)"
+    )
+    cmp.add_argument(
+        "--diff-vocab", action="store_true", help="separate operand vocabulary instead of standard"
+    )
+    cmp.add_argument("--eqn-sign", action="store_true", help="equals-token variant instead of standard")
+    cmp.add_argument("--alpha-bins", type=int, help="equal attention-rate bins on [0, 1] (default 10)")
+    cmp.add_argument("--width-edges", help="comma-separated d_model bin edges (default: shared octaves)")
+    cmp.add_argument("--circular-threshold", type=float, default=0.995)
+    cmp.add_argument("--symmetric-threshold", type=float, default=0.98)
+    cmp.add_argument("--irrelevance-threshold", type=float, default=0.6)
+    cmp.add_argument("--out", help="folder for alpha_star_vs_<table>.csv and compare_<table>.npz")
+    cmp.add_argument("--figures", action="store_true", help="also draw both sides' phase figures into --out")
+    cmp.set_defaults(fn=_cmd_compare)
     args = parser.parse_args(argv)
     from phasespace.config import SpecError
-    from phasespace.memory import DeviceMemoryError
-    from phasespace.parallel import DistributedConfigError
 
     def show(message, category, *_args, **_kwargs) -> None:
         print(f"phasespace: warning ({category.__name__}): {message}", file=sys.stderr)
@@ -189,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = show
         try:
             return args.fn(args)
-        except (SpecError, FileNotFoundError, DeviceMemoryError, DistributedConfigError) as e:
+        except (SpecError, FileNotFoundError, ValueError) as e:
             print(f"phasespace: error: {e}", file=sys.stderr)
             return 2
 

@@ -16,6 +16,11 @@ A spec has four tables::
     [analysis]
     n_triples = 100
     every = 1000      # record every metric every 1000 steps (metrics_history.npz); 0: off
+    [buckets]         # width buckets per static group (phasespace.buckets.plan_widths)
+    max_buckets = 8
+    max_waste = 0.1
+    [phase]           # phase-diagram binning and classification (phasespace.phase.PHASE_DEFAULTS)
+    alpha_bins = 10    # or "auto", "distinct", a list of edges
 
 ``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
 ``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
@@ -27,7 +32,8 @@ Grid axes are crossed (Cartesian product, in the order of :data:`AXES`); distrib
 drawn independently for each of ``sampling.n`` networks per grid point. Distributions:
 ``{dist = "uniform", low, high}``, ``{dist = "log2uniform", low, high}`` (2^U(low, high), the
 paper's widths, rounded down to an integer for integer axes) and ``{dist = "randint", low, high}``
-(integers in [low, high)).
+(integers in [low, high)). ``{dist = "range", low, high}`` is a *grid* axis of the integers
+low, …, high − 1 (e.g. one seed per network: ``seed = {dist = "range", low = 0, high = 2400}``).
 
 Everything is validated before any compute; errors name the field, the value and what is allowed.
 """
@@ -46,10 +52,12 @@ from typing import Any
 
 import numpy as np
 
+from phasespace import buckets as width_buckets
 from phasespace.circuits import DI_METRICS
 from phasespace.memory import parse_bytes
 from phasespace.models.registry import FAMILIES, RECIPE_DEFAULTS, Arch, make_arch, recipe_defaults
 from phasespace.models.transformer import ACTIVATIONS
+from phasespace.phase import PHASE_DEFAULTS, check_phase_options
 from phasespace.population import NetworkSpec
 from phasespace.train import PRECISIONS, Recipe
 
@@ -107,8 +115,12 @@ ANALYSIS_DEFAULTS: dict[str, Any] = {
 """``every``: record all metrics every N steps (0: only at the end); the rest: see
 :class:`phasespace.circuits.CircuitOptions`."""
 SAMPLING_DEFAULTS: dict[str, Any] = {"n": 0, "seed": 0}
-TOP_KEYS = ("name", "axes", "sampling", "train", "analysis")
-DISTRIBUTIONS = ("uniform", "log2uniform", "randint")
+BUCKET_DEFAULTS: dict[str, Any] = {
+    "max_buckets": width_buckets.DEFAULT_MAX_BUCKETS,
+    "max_waste": width_buckets.DEFAULT_MAX_WASTE,
+}
+TOP_KEYS = ("name", "axes", "sampling", "train", "analysis", "buckets", "phase")
+DISTRIBUTIONS = ("uniform", "log2uniform", "randint", "range")
 
 
 class SpecError(ValueError):
@@ -135,6 +147,8 @@ class SweepSpec:
         sampling: ``n`` (networks per grid point when an axis is a distribution) and ``seed``.
         train: the recipe fields of :data:`TRAIN_DEFAULTS`.
         analysis: the fields of :data:`ANALYSIS_DEFAULTS`.
+        buckets: width-bucket planning, the fields of :data:`BUCKET_DEFAULTS`.
+        phase: phase-diagram options, the fields of :data:`phasespace.phase.PHASE_DEFAULTS`.
     """
 
     name: str
@@ -142,6 +156,8 @@ class SweepSpec:
     sampling: Mapping[str, Any]
     train: Mapping[str, Any]
     analysis: Mapping[str, Any]
+    buckets: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(BUCKET_DEFAULTS))
+    phase: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(PHASE_DEFAULTS))
 
     @property
     def recipe(self) -> Recipe:
@@ -184,12 +200,15 @@ class SweepSpec:
             "sampling": dict(self.sampling),
             "train": dict(self.train),
             "analysis": dict(self.analysis),
+            "buckets": dict(self.buckets),
+            "phase": dict(self.phase),
         }
 
     def fingerprint(self) -> str:
         """Canonical JSON of everything that changes results (for resume checks)."""
         d = self.to_dict()
         d.pop("name")
+        d.pop("phase")  # binning and thresholds of the phase diagram do not change training
         execution = ("chunk_steps", "log_every", "checkpoint_every", "group_size", "memory_limit")
         d["train"] = {k: v for k, v in d["train"].items() if k not in execution}
         return json.dumps(d, sort_keys=True)
@@ -254,6 +273,23 @@ def _check_axis(key: str, v: Any) -> Any:
                 f"{field}: {key} changes the compiled program; give it as a list, not a distribution"
             )
         d = dict(v)
+        if d.get("dist") == "range":
+            if key not in INT_AXES or key in STATIC_AXES:
+                raise SpecError(
+                    f"{field}.dist='range': only for the integer axes "
+                    f"{[a for a in INT_AXES if a not in STATIC_AXES]}"
+                )
+            for k in d:
+                if k not in ("dist", "low", "high"):
+                    raise _unknown(field, k, ("dist", "low", "high"))
+            for k in ("low", "high"):
+                if k not in d or isinstance(d[k], bool) or not isinstance(d[k], int):
+                    raise SpecError(f"{field}.{k}={d.get(k)!r}: must be an integer")
+            if not d["low"] < d["high"]:
+                raise SpecError(f"{field}: low={d['low']!r} must be < high={d['high']!r}")
+            return tuple(
+                _check_value(f"{field}[{i}]", key, x) for i, x in enumerate(range(d["low"], d["high"]))
+            )
         for k in d:
             if k not in ("dist", "low", "high"):
                 raise _unknown(field, k, ("dist", "low", "high"))
@@ -307,6 +343,18 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
     sampling = _check_table("sampling", raw.get("sampling"), SAMPLING_DEFAULTS)
     train = _check_table("train", raw.get("train"), TRAIN_DEFAULTS)
     analysis = _check_table("analysis", raw.get("analysis"), ANALYSIS_DEFAULTS)
+    bucket_opts = _check_table("buckets", raw.get("buckets"), BUCKET_DEFAULTS)
+    phase_opts = _check_table("phase", raw.get("phase"), PHASE_DEFAULTS)
+    mb = bucket_opts["max_buckets"]
+    if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
+        raise SpecError(f"buckets.max_buckets={mb!r}: must be an integer ≥ 1")
+    mw = bucket_opts["max_waste"]
+    if isinstance(mw, bool) or not isinstance(mw, (int, float)) or not 0.0 <= mw < 1.0:
+        raise SpecError(f"buckets.max_waste={mw!r}: must be a number in [0, 1)")
+    try:
+        check_phase_options(phase_opts)
+    except ValueError as e:
+        raise SpecError(str(e)) from e
 
     for k in ("n", "seed"):
         if isinstance(sampling[k], bool) or not isinstance(sampling[k], int) or sampling[k] < 0:
@@ -359,7 +407,7 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         raise SpecError(f"analysis.triple_seed={analysis['triple_seed']!r}: must be an integer")
     _check_analysis(analysis)
 
-    spec = SweepSpec(sweep_name, axes, sampling, train, analysis)
+    spec = SweepSpec(sweep_name, axes, sampling, train, analysis, bucket_opts, phase_opts)
     _check_combinations(spec)
     return spec
 
@@ -510,11 +558,18 @@ class Bucket:
     networks: tuple[Network, ...]
 
 
-def plan_buckets(networks: list[Network]) -> list[Bucket]:
-    """Group networks by static axes; each group is one bucket at its largest width.
+def plan_buckets(
+    networks: list[Network],
+    max_buckets: int = width_buckets.DEFAULT_MAX_BUCKETS,
+    max_waste: float = width_buckets.DEFAULT_MAX_WASTE,
+) -> list[Bucket]:
+    """Group networks by static axes, then split each group into width buckets.
 
-    (Several width buckets per group, trading padding against compiled programs, are chosen by
-    :func:`phasespace.buckets.plan_widths` when available.)
+    The bucket widths of a group are chosen by :func:`phasespace.buckets.plan_widths` (fewest
+    compiled programs whose padded FLOPs waste at most ``max_waste``, at most ``max_buckets``
+    of them); each network goes to the smallest bucket width ≥ its true width. Bucket keys
+    (``p59_L1_H4_relu_D128``) are unique and depend only on the spec. Within a bucket the
+    networks keep sweep order.
     """
     groups: dict[tuple[Any, ...], list[Network]] = {}
     for n in networks:
@@ -522,23 +577,31 @@ def plan_buckets(networks: list[Network]) -> list[Bucket]:
     buckets = []
     for key, nets in groups.items():
         vals = dict(zip(STATIC_AXES, key, strict=True))
-        width = max(int(n.values["d_model"]) for n in nets)
-        arch = make_arch(
+        group_arch = make_arch(
             vals["model"],
             p=vals["p"],
-            d_model=width,
+            d_model=max(int(n.values["d_model"]) for n in nets),
             n_layers=vals["n_layers"],
             n_heads=vals["n_heads"],
             act=vals["act"],
             diff_vocab=vals["diff_vocab"],
             eqn_sign=vals["eqn_sign"],
         )
-        if vals["model"] != "transformer":
-            name = f"p{arch.p}_{vals['model']}_D{width}"
-        else:
-            name = (
-                f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
-                f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
-            )
-        buckets.append(Bucket(name, arch, tuple(nets)))
+        widths = [int(n.values["d_model"]) for n in nets]
+        if vals["model"] == "transformer":
+            plan = width_buckets.plan_widths(group_arch, widths, max_buckets, max_waste)
+            bucket_widths, assignment = plan.widths, plan.assignment
+        else:  # MLP models: one bucket per group (their FLOPs are not modelled by the planner)
+            bucket_widths, assignment = [group_arch.d_model], dict.fromkeys(widths, group_arch.d_model)
+        for width in bucket_widths:
+            arch = dataclasses.replace(group_arch, d_model=width)
+            members = tuple(n for n in nets if assignment[int(n.values["d_model"])] == width)
+            if vals["model"] != "transformer":
+                name = f"p{arch.p}_{vals['model']}_D{width}"
+            else:
+                name = (
+                    f"p{arch.p}_L{arch.n_layers}_H{arch.n_heads}_{arch.act}"
+                    f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
+                )
+            buckets.append(Bucket(name, arch, members))
     return buckets

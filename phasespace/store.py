@@ -192,6 +192,10 @@ class SweepResult:
         """
         if name not in self.phase:
             raise KeyError(f"{name!r} not in phase arrays; available: {sorted(self.phase)}")
+        family = f"dims__{name.split('__')[0]}"
+        if family in self.phase:  # binned arrays of phasespace.phase.phase_arrays
+            dims = [str(a) for a in self.phase[family]]
+            return self.phase[name], dims, {a: self.phase[f"coord__{a}"] for a in dims}
         axes_key = "axes_reduced" if "__" in name and not name.startswith("coord__") else "axes"
         axes = [str(a) for a in self.phase[axes_key]]
         coords = {a: self.phase[f"coord__{a}"] for a in axes}

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from phasespace import parallel, phase, plots, store
+from phasespace.buckets import padding_report
 from phasespace.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, exclusive_sweep_dir
 from phasespace.circuits import CircuitOptions, analyze_full, circuit_columns
 from phasespace.config import AXES, Bucket, SweepSpec, expand, plan_buckets
@@ -261,7 +262,7 @@ def run_sweep(
             different spec (naming the differing fields) or another run is writing it.
     """
     networks = expand(spec)
-    buckets = plan_buckets(networks)
+    buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
     main = parallel.is_main_process()
     multi = jax.process_count() > 1
     resuming = check_sweep_dir(out_dir, spec) if main else False  # (exclusive_sweep_dir made it)
@@ -272,6 +273,7 @@ def run_sweep(
                 store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
         store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
     env = environment(spec)
+    env["padding"] = padding_report(buckets)
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
 
@@ -316,6 +318,10 @@ def run_sweep(
     env["resumed"] = resuming
     env["network_steps_this_run"] = trained[0]
     env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
+    # padded_flops_per_step counts one step of every network; scale by the share trained now
+    env["padded_matmul_flops_per_second"] = (
+        env["padding"]["padded_flops_per_step"] * trained[0] / len(networks) / wall if trained[0] else None
+    )
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
     if multi:
@@ -359,12 +365,15 @@ def write_results(
         runs["first_full_test_step"] < 0, np.nan, runs["first_full_test_step"]
     )
     grid = [a for a in spec.grid_axes if a != "data_seed"]
+    arrays = phase.phase_arrays(runs, spec.phase, sampled=spec.sampled_axes)
     if not spec.sampled_axes:
-        store.write_npz(os.path.join(out_dir, "phase.npz"), phase.grid_arrays(runs, grid))
+        arrays.update(phase.grid_arrays(runs, grid))
+    store.write_npz(os.path.join(out_dir, "phase.npz"), arrays)
     fig_dir = os.path.join(out_dir, "figures")
     plots.plot_metrics_vs_attention_rate(
         runs, os.path.join(fig_dir, "metrics_vs_attention_rate.png"), title=f"{spec.name}: {n} networks"
     )
+    plots.phase_figures(runs, arrays, fig_dir, spec.phase, title=spec.name)
     store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
 
 
