@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = show
         try:
             return args.fn(args)
-        except (SpecError, FileNotFoundError, ValueError) as e:
+        except (SpecError, OSError, ValueError) as e:
             print(f"phasespace: error: {e}", file=sys.stderr)
             return 2
 

@@ -71,9 +71,12 @@ def grid_arrays(
         vals = np.asarray(runs[m], dtype=np.float64)
         arr = np.full(shape, np.nan)
         count = np.zeros(shape, dtype=np.int64)
-        if n:
-            np.add.at(count, index if axes else (), 1)
-            arr[index if axes else ()] = vals
+        if n and axes:
+            np.add.at(count, index, 1)
+            arr[index] = vals
+        elif n:  # no grid axis: a single network (0-d arrays)
+            count[()] = n
+            arr[()] = vals[-1]
         if np.any(count > 1):
             dup = np.argwhere(count > 1)[0]
             raise ValueError(

@@ -77,3 +77,19 @@ def test_bad_spec_fails_before_compute(tmp_path):
     assert proc.returncode == 2
     assert "axes.p=8" in proc.stderr and "prime" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_single_network_spec(tmp_path):
+    """A spec whose axes are all single values is one network; it runs end to end."""
+    spec = tmp_path / "one.toml"
+    spec.write_text(
+        TINY.replace("attention_rate = [0.0, 1.0]", "attention_rate = 0.5").replace(
+            "seed = [0, 1]", "seed = 3"
+        )
+    )
+    out = tmp_path / "one"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    r = load_sweep(str(out))
+    assert len(r.runs["index"]) == 1 and r.runs["attention_rate"][0] == 0.5
+    arr, axes, _ = r.metric("gradient_symmetricity")
+    assert axes == [] and arr.shape == () and arr == pytest.approx(r.runs["gradient_symmetricity"][0])
