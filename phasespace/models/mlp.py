@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phasespace.data import Task
+from phasespace.models.transformer import _normal
 
 MLP_KINDS = {"A": "α", "X": "α′", "B": "β", "C": "γ", "D": "δ"}
 """Reference key → paper name of the MLP models (SPEC §3)."""
@@ -121,13 +122,6 @@ class MLPArch:
 
     def with_width(self, d_model: int) -> MLPArch:
         return dataclasses.replace(self, d_model=d_model)
-
-
-def _normal(divisor: float):
-    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-        return jax.random.normal(key, shape, dtype) / math.sqrt(divisor)
-
-    return init
 
 
 def _uniform(bound: float):
