@@ -11,6 +11,7 @@ import numpy as np
 
 from phasespace.models.mlp import MLP_KINDS, MLPArch, mlp_params_from_state_dict
 from phasespace.models.transformer import TransformerArch
+from phasespace.statedict import CheckpointError, check_state_shapes
 
 _BLOCK_KEYS = {
     "attn.W_Q": "W_Q",
@@ -22,10 +23,6 @@ _BLOCK_KEYS = {
     "mlp.W_out": "W_out",
     "mlp.b_out": "b_out",
 }
-
-
-class CheckpointError(ValueError):
-    """A reference checkpoint whose keys or shapes do not match its configuration."""
 
 
 def read_reference_config(path: str) -> dict[str, Any]:
@@ -97,15 +94,7 @@ def transformer_params_from_state_dict(state: dict[str, np.ndarray], arch: Trans
         for k, s in block_shapes.items():
             expected[f"blocks.{i}.{k}"] = s
     ignored = {f"blocks.{i}.attn.mask" for i in range(arch.n_layers)}
-    for key, shape in expected.items():
-        if key not in state:
-            raise CheckpointError(f"missing key {key!r}: expected shape {shape}, found none")
-        found = tuple(np.shape(state[key]))
-        if found != shape:
-            raise CheckpointError(f"key {key!r}: expected shape {shape}, found {found}")
-    extra = sorted(set(state) - set(expected) - ignored)
-    if extra:
-        raise CheckpointError(f"unexpected keys {extra}: not part of {arch}")
+    check_state_shapes(state, expected, arch, ignored)
 
     def f32(key: str) -> np.ndarray:
         return np.asarray(state[key], dtype=np.float32)

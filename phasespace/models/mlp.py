@@ -44,6 +44,7 @@ import numpy as np
 
 from phasespace.data import Task
 from phasespace.models.transformer import _normal
+from phasespace.statedict import check_state_shapes
 
 MLP_KINDS = {"A": "α", "X": "α′", "B": "β", "C": "γ", "D": "δ"}
 """Reference key → paper name of the MLP models (SPEC §3)."""
@@ -258,23 +259,15 @@ def mlp_params_from_state_dict(state: dict[str, np.ndarray], arch: MLPArch) -> d
         ``{"params": {...}}`` of float32 NumPy arrays, one network.
 
     Raises:
-        ValueError: naming the key, expected and found shape, for a missing, unexpected or
-            mis-shaped key (the caller wraps it as a ``CheckpointError``).
+        phasespace.statedict.CheckpointError: naming the key, expected and found shape, for a
+            missing, unexpected or mis-shaped key.
     """
     shapes = jax.eval_shape(lambda k: MLPModel(arch).init(k, jnp.zeros((1, 2), jnp.int32)), jax.random.key(0))
     expected = {
         ".".join(str(getattr(k, "key", k)) for k in path[1:]): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
     }
-    for key, shape in expected.items():
-        if key not in state:
-            raise ValueError(f"missing key {key!r}: expected shape {shape}, found none")
-        found = tuple(np.shape(state[key]))
-        if found != shape:
-            raise ValueError(f"key {key!r}: expected shape {shape}, found {found}")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise ValueError(f"unexpected keys {extra}: not part of {arch}")
+    check_state_shapes(state, expected, arch)
     params: dict[str, Any] = {}
     for key in expected:
         layer, leaf = key.split(".")
