@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from phasespace.bench import main
+from phasespace.bench.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ It measures, for each precision mode (float32, tensorfloat32, bfloat16; SPEC §4
 1. the device's matmul FLOP/s (chained n × n products) and the relative error of one product
    against float64 — which shows the precision the mode really ran in;
 2. for d_model ∈ {32, 128, 512} at p = 59: network-steps/s of a large population (the memory plan
-   of phasespace.memory picks the group size), and the achieved FLOP/s (analytic count of the fast
+   of phasespace.training.memory picks the group size), and the achieved FLOP/s (analytic count of the fast
    computation, phasespace/flops.py) as a fraction of that mode's measured matmul peak;
 3. a small fixed population (p = 31, d_model = 64, 12 networks over three attention rates)
    trained in each mode: its phase-diagram metrics and their change from float32 (mean and max
@@ -40,13 +40,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace import store
-from phasespace.engine import effective_precision, matmul_precision, train_sharded
-from phasespace.flops import measure_matmul_flops, network_step_flops
-from phasespace.memory import plan_training
+from phasespace.bench.peak import measure_matmul_flops
+from phasespace.defaults import PRECISIONS
+from phasespace.io import store
 from phasespace.models.transformer import TransformerArch
-from phasespace.population import NetworkSpec, build_population
-from phasespace.train import PRECISIONS, Recipe, train_population
+from phasespace.population.flops import step_flops
+from phasespace.population.stack import NetworkSpec, build_population
+from phasespace.spec.networks import Recipe
+from phasespace.training.loop import train_population
+from phasespace.training.memory import plan_training
+from phasespace.training.program import effective_precision, matmul_precision, train_sharded
 
 METRICS = ("test_accuracy", "gradient_symmetricity", "distance_irrelevance", "circularity", "param_norm")
 LABELS = {
@@ -106,7 +109,7 @@ def throughput(p: int, d: int, r: int, mode: str, steps: int) -> dict[str, Any]:
         "R": r,
         "mode": mode,
         "rate": rate,
-        "flops": rate * network_step_flops(arch, fast=True),
+        "flops": rate * step_flops(arch, fast=True),
         "compile_s": compile_s,
         "group_size": plan.layout.group_size,
         "host_chunks": len(plan.layout.chunks),
@@ -116,7 +119,7 @@ def throughput(p: int, d: int, r: int, mode: str, steps: int) -> dict[str, Any]:
 
 def metric_population(cfg: dict[str, Any], mode: str) -> dict[str, np.ndarray]:
     """Train the fixed small population in ``mode`` and return its metrics (float32 analysis)."""
-    from phasespace.circuits import analyze_full
+    from phasespace.analysis.circuits import analyze_full
 
     arch = TransformerArch(p=cfg["p"], d_model=cfg["d_model"])
     nets = [

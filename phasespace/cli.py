@@ -12,19 +12,19 @@ import numpy as np
 
 def _start_devices(args: argparse.Namespace) -> None:
     """Multi-process start-up and CPU devices, before JAX initialises its backends."""
-    from phasespace import parallel
+    from phasespace.training import placement
 
-    distributed = parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    distributed = placement.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if not distributed:
-        parallel.use_cpu_devices(args.cpu_devices)
+        placement.use_cpu_devices(args.cpu_devices)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from phasespace.config import load_spec
+    from phasespace.spec.parse import load_spec
 
     spec = load_spec(args.spec)  # validated before any compute
     _start_devices(args)
-    from phasespace.sweep import default_out_dir, run_sweep
+    from phasespace.sweep.run import default_out_dir, run_sweep
 
     out = args.out or default_out_dir(spec)
     result = run_sweep(spec, out, spec_path=args.spec, progress=not args.quiet)
@@ -66,7 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_phase(result) -> None:
-    from phasespace.phase import format_transitions
+    from phasespace.phase.diagram import format_transitions
 
     pad = result.environment.get("padding")
     if pad:
@@ -84,7 +84,8 @@ def _print_phase(result) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import os
 
-    from phasespace import compare, store
+    from phasespace.io import store
+    from phasespace.phase import compare
 
     tables = args.table or [
         os.path.join(args.reference_dir, "1l_fixedwidth.csv"),
@@ -126,19 +127,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 },
             )
             if args.figures:
-                from phasespace import plots
+                from phasespace.phase import figures
 
                 for side, rows_, arrays in (("A", a, c.arrays[0]), ("B", b, c.arrays[1])):
                     sel, _ = compare.select(rows_, **filters)
                     name = os.path.basename(os.path.normpath(c.names[0 if side == "A" else 1]))
-                    plots.phase_figures(
+                    figures.phase_figures(
                         sel, arrays, os.path.join(args.out, f"figures_{stem}_{side}"), options, title=name
                     )
     return 0
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
-    from phasespace.reference import evaluate_reference_dir
+    from phasespace.sweep.reference import evaluate_reference_dir
 
     rows = evaluate_reference_dir(args.dir, out_csv=args.out)
     cols = [
@@ -177,7 +178,7 @@ def _device_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from phasespace.bench import main as bench_main
+    from phasespace.bench.bench import main as bench_main
 
     return bench_main(args.args)
 
@@ -185,7 +186,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import os
 
-    from phasespace.reanalysis import analyze_sweep, is_reference_folder, write_reference_analysis
+    from phasespace.sweep.reanalyze import analyze_sweep, is_reference_folder, write_reference_analysis
 
     if is_reference_folder(args.dir):
         out = args.out or os.path.join("runs", "reference")
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasespace`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:  # every option after it is benchmarks/bench.py's
-        from phasespace.bench import main as bench_main
+        from phasespace.bench.bench import main as bench_main
 
         return bench_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument("--figures", action="store_true", help="also draw both sides' phase figures into --out")
     cmp.set_defaults(fn=_cmd_compare)
     args = parser.parse_args(argv)
-    from phasespace.config import SpecError
+    from phasespace.spec.parse import SpecError
 
     def show(message, category, *_args, **_kwargs) -> None:
         print(f"phasespace: warning ({category.__name__}): {message}", file=sys.stderr)

@@ -16,8 +16,6 @@ Usage: ``python tests/kill_driver.py KILL SPEC OUT`` where KILL is one of
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import glob
 import os
 import signal
@@ -32,7 +30,7 @@ def die() -> None:
 
 
 def install(kill: str) -> None:
-    from phasespace import store, sweep
+    from phasespace import hooks
 
     kind, _, arg = kill.partition(":")
     if kind == "chunk":
@@ -40,28 +38,22 @@ def install(kill: str) -> None:
         wait_step = int(opt.split("=")[1]) if opt.startswith("wait=") else None
         nth = int(opt.split("=")[1]) if opt.startswith("nth=") else 1
         seen = [0]
-        original = sweep.train_population
 
-        @functools.wraps(original)
-        def train_population(pop, recipe, chunk_steps=500, state=None, on_chunk=None, **kwargs):
-            def hook(st, h):
-                if on_chunk is not None:
-                    on_chunk(st, h)
-                if int(st.step[0]) == int(step):
-                    seen[0] += 1
-                    if seen[0] < nth:
-                        return
-                    if wait_step is not None:
-                        t0 = time.time()
-                        while not glob.glob(os.path.join(sys.argv[3], "checkpoints", "*", str(wait_step))):
-                            if time.time() - t0 > 60:
-                                raise RuntimeError("checkpoint never committed")
-                            time.sleep(0.05)
-                    die()
+        def chunk_done(bucket: str, step_done: int) -> None:
+            if step_done != int(step):
+                return
+            seen[0] += 1
+            if seen[0] < nth:
+                return
+            if wait_step is not None:
+                t0 = time.time()
+                while not glob.glob(os.path.join(sys.argv[3], "checkpoints", "*", str(wait_step))):
+                    if time.time() - t0 > 60:
+                        raise RuntimeError("checkpoint never committed")
+                    time.sleep(0.05)
+            die()
 
-            return original(pop, recipe, chunk_steps, state=state, on_chunk=hook, **kwargs)
-
-        sweep.train_population = train_population
+        hooks.subscribe("chunk_done", lambda bucket, step: chunk_done(bucket, step))
     elif kind == "commit":
         from orbax.checkpoint._src.path import atomicity
 
@@ -77,22 +69,9 @@ def install(kill: str) -> None:
 
         atomicity.AtomicRenameTemporaryPath.finalize = finalize
     elif kind == "analysis":
-
-        def analyze_full(*a, **k):
-            die()
-
-        sweep.analyze_full = analyze_full
+        hooks.subscribe("analysis_start", lambda bucket: die())
     elif kind == "write":
-        original = store.atomic_path
-
-        @contextlib.contextmanager
-        def atomic_path(path):
-            with original(path) as tmp:
-                yield tmp
-                if os.path.basename(path) == arg:
-                    die()
-
-        store.atomic_path = atomic_path
+        hooks.subscribe("file_ready", lambda path: die() if os.path.basename(path) == arg else None)
     elif kind != "none":
         raise SystemExit(f"unknown kill point {kill!r}")
 

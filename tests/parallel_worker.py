@@ -9,11 +9,12 @@ jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 
 import numpy as np  # noqa: E402
 
-from phasespace import parallel  # noqa: E402
-from phasespace.analysis import analyze_population  # noqa: E402
+from phasespace.analysis.network import analyze_population  # noqa: E402
 from phasespace.models.transformer import TransformerArch  # noqa: E402
-from phasespace.population import NetworkSpec, build_population  # noqa: E402
-from phasespace.train import Recipe, train_population  # noqa: E402
+from phasespace.population.stack import NetworkSpec, build_population  # noqa: E402
+from phasespace.spec.networks import Recipe  # noqa: E402
+from phasespace.training import placement  # noqa: E402
+from phasespace.training.loop import train_population  # noqa: E402
 
 
 def main() -> None:
@@ -24,10 +25,10 @@ def main() -> None:
     # 6 networks: not a multiple of 4 devices, so the run axis is padded with inert copies
     nets = [NetworkSpec(seed=i, attention_rate=i / 5, d_model=(8, 12)[i % 2], lr=3e-3) for i in range(6)]
     pop = build_population(arch, nets)
-    layout = parallel.simple_layout(pop.size, group_size=group)
+    layout = placement.simple_layout(pop.size, group_size=group)
     state, hist = train_population(pop, Recipe(steps=12), chunk_steps=6, layout=layout)
     hp = pop.hparams
-    params = parallel.tree_to_host(state.params)  # analysed on one device (as the sweep does)
+    params = placement.tree_to_host(state.params)  # analysed on one device (as the sweep does)
     m = analyze_population(
         arch, params, hp["attention_rate"], hp["attn_scale"], hp["train_mask"], n_triples=10
     )

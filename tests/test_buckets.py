@@ -9,14 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace.analysis import analyze_population
-from phasespace.buckets import padding_report, plan_widths, step_flops
-from phasespace.config import expand, parse_spec, plan_buckets
-from phasespace.data import all_pairs, train_mask
-from phasespace.interop import load_reference_transformer
+from phasespace.analysis.network import analyze_population
+from phasespace.io.reference import load_reference_transformer
 from phasespace.models.transformer import Transformer, TransformerArch
-from phasespace.population import NetworkSpec, attn_scale, build_population, pad_params, unpad_params
-from phasespace.train import Recipe, evaluate, table, train_population
+from phasespace.population.buckets import padding_report, plan_buckets, plan_widths
+from phasespace.population.flops import step_flops
+from phasespace.population.stack import NetworkSpec, attn_scale, build_population, pad_params, unpad_params
+from phasespace.spec import expand, parse_spec
+from phasespace.tasks import all_pairs, train_mask
+from phasespace.training.loop import train_population
+from phasespace.training.step import Recipe, evaluate, table
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",

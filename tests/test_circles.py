@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace.circuits import ALGORITHMS, CircuitOptions, analyze_full, classify, isolated_logits
-from phasespace.data import Task, all_pairs, train_mask
-from phasespace.interop import load_reference_checkpoint
-from phasespace.metrics import circles
-from phasespace.population import attn_scale
+from phasespace.analysis import circles
+from phasespace.analysis.circuits import ALGORITHMS, CircuitOptions, analyze_full, classify, isolated_logits
+from phasespace.io.reference import load_reference_checkpoint
+from phasespace.population.stack import attn_scale
+from phasespace.tasks import Task, all_pairs, train_mask
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",

@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from phasespace import compare, phase, store
 from phasespace.cli import main
+from phasespace.io import store
+from phasespace.phase import compare, diagram
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
@@ -144,4 +145,4 @@ def test_cli_compare_table_with_table(tmp_path, capsys):
     back = store.read_csv(str(tmp_path / "alpha_star_vs_1l_fixedwidth.csv"))
     assert np.all(back["alpha_star_diff"] == 0)
     assert main(["compare", str(tmp_path / "missing")]) == 2
-    assert phase.SUBSETS == ("all", "circular")
+    assert diagram.SUBSETS == ("all", "circular")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from phasespace.data import Task, all_pairs, n_train, train_mask
+from phasespace.tasks import Task, all_pairs, n_train, train_mask
 
 
 def test_all_pairs_standard():

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace.data import all_pairs
-from phasespace.flops import network_step_flops
 from phasespace.models.fast import fast_logits, fold_unembedding, logits_table, supports_fast
 from phasespace.models.transformer import Transformer, TransformerArch
-from phasespace.population import attn_scale, init_params, pad_params
-from phasespace.train import Recipe, cross_entropy, init_state, train_chunk
+from phasespace.population.flops import step_flops
+from phasespace.population.stack import attn_scale, init_params, pad_params
+from phasespace.tasks import all_pairs
+from phasespace.training.step import Recipe, cross_entropy, init_state, train_chunk
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -130,7 +130,7 @@ def test_flop_counts():
     d, dm, v = 8, 32, 5
     # last block: K,V at 2 positions (2·2·d²), Q at 1 (d²), scores/mix (2·2·d), W_O (d²), MLP (2·d·dm)
     per_pair = 4 * d * d + d * d + 4 * d + d * d + 2 * d * dm + d * v
-    assert network_step_flops(arch, fast=False) == 6.0 * 25 * per_pair
+    assert step_flops(arch, fast=False) == 6.0 * 25 * per_pair
     for width, ratio in ((32, 1.5), (128, 4.0), (512, 10.0)):
         a = TransformerArch(p=59, d_model=width)
-        assert network_step_flops(a, fast=False) / network_step_flops(a, fast=True) > ratio
+        assert step_flops(a, fast=False) / step_flops(a, fast=True) > ratio

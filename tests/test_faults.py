@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace import phase
-from phasespace.analysis import analyze_population
-from phasespace.faults import FLAGS, describe_flags
+from phasespace.analysis.faults import FLAGS, describe_flags
+from phasespace.analysis.network import analyze_population
 from phasespace.models.transformer import TransformerArch
-from phasespace.population import NetworkSpec, attn_scale, build_population, unpad_params
-from phasespace.train import Recipe, train_population
+from phasespace.phase import diagram
+from phasespace.population.stack import NetworkSpec, attn_scale, build_population, unpad_params
+from phasespace.spec.networks import Recipe
+from phasespace.training.loop import train_population
 
 ARCH = TransformerArch(p=7, d_model=8, n_layers=1, n_heads=2, act="relu", diff_vocab=False, eqn_sign=False)
 BASE_LRS = [1e-3, 2e-3, 1e-3, 3e-3, 1e-3, 2e-3, 1e-3]
@@ -161,7 +162,7 @@ def test_aggregates_skip_nan_and_count_them():
         "seed": np.array([0, 1, 2, 0, 1, 2]),
         "gradient_symmetricity": np.array([0.5, np.nan, 0.7, 0.9, 0.8, np.nan]),
     }
-    out = phase.grid_arrays(runs, ["attention_rate", "seed"], metrics=["gradient_symmetricity"])
+    out = diagram.grid_arrays(runs, ["attention_rate", "seed"], metrics=["gradient_symmetricity"])
     np.testing.assert_allclose(out["gradient_symmetricity__mean"], [0.6, 0.85])
     np.testing.assert_allclose(out["gradient_symmetricity__std"], [0.1, 0.05])
     assert out["gradient_symmetricity__count"].tolist() == [2, 2]

@@ -4,11 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from phasespace import memory, parallel
-from phasespace.engine import compiled_sharded_chunk
 from phasespace.models.transformer import TransformerArch
-from phasespace.population import NetworkSpec, build_population
-from phasespace.train import Recipe, train_population
+from phasespace.population.stack import NetworkSpec, build_population
+from phasespace.spec.networks import Recipe
+from phasespace.spec.parse import parse_bytes
+from phasespace.training import memory, placement
+from phasespace.training.loop import train_population
+from phasespace.training.program import compiled_sharded_chunk
 
 ARCH = TransformerArch(p=7, d_model=16)
 RECIPE = Recipe(steps=6)
@@ -16,14 +18,14 @@ R, K = 8, 3
 
 
 def _need(group: int, chunk: int) -> int:
-    layout = parallel.Layout(parallel.run_mesh(jax.devices()[:1]), R, group, chunk)
+    layout = placement.Layout(placement.run_mesh(jax.devices()[:1]), R, group, chunk)
     return memory.compiled_bytes(compiled_sharded_chunk(ARCH, RECIPE, K, layout, chunk))
 
 
 @pytest.fixture(scope="module")
 def reference():
     pop = build_population(ARCH, [NetworkSpec(seed=i, attention_rate=i / 7, d_model=16) for i in range(R)])
-    layout = parallel.Layout(parallel.run_mesh(jax.devices()[:1]), R, R, R)
+    layout = placement.Layout(placement.run_mesh(jax.devices()[:1]), R, R, R)
     state, hist = train_population(pop, RECIPE, K, layout=layout)
     return pop, jax.tree_util.tree_map(np.asarray, state.params), hist
 
@@ -58,13 +60,13 @@ def test_one_network_that_does_not_fit_is_a_clear_error():
 
 
 def test_environment_limit_and_byte_sizes(monkeypatch):
-    assert memory.parse_bytes("auto") is None and memory.parse_bytes(None) is None
-    assert memory.parse_bytes("512MiB") == 512 * 2**20
-    assert memory.parse_bytes("1.5GB") == 1_500_000_000
-    assert memory.parse_bytes(4096) == 4096
+    assert parse_bytes("auto") is None and parse_bytes(None) is None
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1.5GB") == 1_500_000_000
+    assert parse_bytes(4096) == 4096
     for bad in ("lots", "-1GB", 0, True, "3 parsecs"):
         with pytest.raises(ValueError, match="memory_limit"):
-            memory.parse_bytes(bad)
+            parse_bytes(bad)
     monkeypatch.setenv(memory.ENV_MEMORY_LIMIT, "3MiB")
     assert memory.device_memory_limit(jax.devices()[0]) == 3 * 2**20
     assert memory.device_memory_limit(jax.devices()[0], override=123) == 123

@@ -10,13 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace.analysis import analyze_population
-from phasespace.data import Task, all_pairs, train_mask
-from phasespace.interop import CheckpointError, load_reference_checkpoint
-from phasespace.models.mlp import MLPArch, MLPModel, mlp_params_from_state_dict
+from phasespace.analysis.network import analyze_population
+from phasespace.io.reference import CheckpointError, load_reference_checkpoint, mlp_params_from_state_dict
+from phasespace.models.mlp import MLPArch, MLPModel
 from phasespace.models.registry import embedding_tables, make_arch, recipe_defaults
-from phasespace.population import NetworkSpec, build_population, init_params, pad_params, unpad_params
-from phasespace.train import Recipe, train_population
+from phasespace.population.stack import NetworkSpec, build_population, init_params, pad_params, unpad_params
+from phasespace.spec.networks import Recipe
+from phasespace.tasks import Task, all_pairs, train_mask
+from phasespace.training.loop import train_population
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from numpy_reference import forward
 
-from phasespace.data import Task, all_pairs
 from phasespace.models.transformer import Transformer, TransformerArch
-from phasespace.population import attn_scale, init_params
+from phasespace.population.stack import attn_scale, init_params
+from phasespace.tasks import Task, all_pairs
 
 
 def _one(params):

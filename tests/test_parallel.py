@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from phasespace import parallel
-from phasespace.store import read_csv
+from phasespace.io.store import read_csv
+from phasespace.training import placement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -133,32 +133,32 @@ def test_two_processes_split_one_sweep_into_one_table(tmp_path):
 
 def test_pad_runs_repeats_the_last_network():
     tree = {"a": np.arange(6).reshape(3, 2), "b": np.array([1.0, 2.0, 3.0])}
-    out = parallel.pad_runs(tree, 5)
+    out = placement.pad_runs(tree, 5)
     np.testing.assert_array_equal(out["a"], [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
     np.testing.assert_array_equal(out["b"], [1, 2, 3, 3, 3])
     with pytest.raises(ValueError, match="longer than the target"):
-        parallel.pad_runs(tree, 2)
+        placement.pad_runs(tree, 2)
 
 
 def test_layout_chunks_and_padding():
-    mesh = parallel.run_mesh(jax.devices()[:1])
-    layout = parallel.Layout(mesh, n_networks=10, group_size=2, host_chunk=4)
+    mesh = placement.run_mesh(jax.devices()[:1])
+    layout = placement.Layout(mesh, n_networks=10, group_size=2, host_chunk=4)
     assert layout.chunks == [(0, 4), (4, 8), (8, 10)]
     assert layout.padded(3) == 3
     with pytest.raises(ValueError, match="group_size=0"):
-        parallel.Layout(mesh, 10, 0, 4)
-    small = parallel.simple_layout(3, group_size=8)
+        placement.Layout(mesh, 10, 0, 4)
+    small = placement.simple_layout(3, group_size=8)
     assert small.group_size == 3 and small.chunks == [(0, 3)]
 
 
 def test_distributed_options_are_checked(monkeypatch):
-    for var in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    for var in (placement.ENV_COORDINATOR, placement.ENV_NUM_PROCESSES, placement.ENV_PROCESS_ID):
         monkeypatch.delenv(var, raising=False)
-    assert parallel.initialize_distributed() is False  # single process: nothing to start
-    with pytest.raises(parallel.DistributedConfigError, match="needs all three"):
-        parallel.initialize_distributed("127.0.0.1:1234", 2, None)
-    with pytest.raises(parallel.DistributedConfigError, match="process_id=2"):
-        parallel.initialize_distributed("127.0.0.1:1234", 2, 2)
-    monkeypatch.setenv(parallel.ENV_NUM_PROCESSES, "two")
-    with pytest.raises(parallel.DistributedConfigError, match="must be integers"):
-        parallel.initialize_distributed()
+    assert placement.initialize_distributed() is False  # single process: nothing to start
+    with pytest.raises(placement.DistributedConfigError, match="needs all three"):
+        placement.initialize_distributed("127.0.0.1:1234", 2, None)
+    with pytest.raises(placement.DistributedConfigError, match="process_id=2"):
+        placement.initialize_distributed("127.0.0.1:1234", 2, 2)
+    monkeypatch.setenv(placement.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(placement.DistributedConfigError, match="must be integers"):
+        placement.initialize_distributed()

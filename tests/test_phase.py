@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from phasespace import phase
-from phasespace.config import SpecError, expand, parse_spec
+from phasespace.phase import diagram
+from phasespace.spec import SpecError, expand, parse_spec
 
 
 def _logistic_data(n, a_star, k, seed=0):
@@ -19,7 +19,7 @@ def _logistic_data(n, a_star, k, seed=0):
 
 def test_fit_transition_recovers_known_boundary():
     alpha, y = _logistic_data(20000, 0.62, 25.0)
-    t = phase.fit_transition(alpha, y)
+    t = diagram.fit_transition(alpha, y)
     assert t.status == 0 and t.n == 20000 and t.n_skipped == 0
     assert t.alpha_star == pytest.approx(0.62, abs=0.01)
     assert t.slope == pytest.approx(-25.0, rel=0.1)
@@ -35,7 +35,7 @@ def test_fit_transition_standard_error_is_calibrated():
     est, ses = [], []
     for s in range(200):
         alpha, y = _logistic_data(400, 0.4, 15.0, seed=s)
-        t = phase.fit_transition(alpha, y)
+        t = diagram.fit_transition(alpha, y)
         est.append(t.alpha_star)
         ses.append(t.se)
     assert np.mean(est) == pytest.approx(0.4, abs=0.005)
@@ -45,13 +45,13 @@ def test_fit_transition_standard_error_is_calibrated():
 def test_fit_transition_edge_cases():
     a = np.asarray([0.1, 0.2, 0.3, 0.7, 0.8, np.nan])
     y = np.asarray([1, 1, 1, 0, 0, 1.0])
-    t = phase.fit_transition(a, y)  # separable: the MLE does not exist
+    t = diagram.fit_transition(a, y)  # separable: the MLE does not exist
     assert t.status == 1 and t.alpha_star == pytest.approx(0.5) and t.n == 5 and t.n_skipped == 1
-    t = phase.fit_transition(a, np.asarray([0, 0, 0, 1, 1, np.nan]))
+    t = diagram.fit_transition(a, np.asarray([0, 0, 0, 1, 1, np.nan]))
     assert t.status == 1 and t.alpha_star == pytest.approx(0.5)
-    t = phase.fit_transition(a[:5], np.ones(5))
+    t = diagram.fit_transition(a[:5], np.ones(5))
     assert t.status == 2 and np.isnan(t.alpha_star)
-    t = phase.fit_transition([0.3], [1.0])
+    t = diagram.fit_transition([0.3], [1.0])
     assert t.status == 3 and np.isnan(t.alpha_star)
 
 
@@ -61,7 +61,7 @@ def test_binned_stats_nan_skipping_against_loops():
     v[rng.uniform(size=500) < 0.2] = np.nan
     i = rng.integers(-1, 3, 500)
     j = rng.integers(0, 4, 500)
-    st = phase.binned_stats(v, (i, j), (3, 4))
+    st = diagram.binned_stats(v, (i, j), (3, 4))
     for a in range(3):
         for b in range(4):
             sel = (i == a) & (j == b)
@@ -73,15 +73,15 @@ def test_binned_stats_nan_skipping_against_loops():
 
 def test_bin_edges_and_index():
     w = np.asarray([32, 63, 64, 200, 511])
-    edges, coords = phase.bin_edges(w, "octave", "d_model")
+    edges, coords = diagram.bin_edges(w, "octave", "d_model")
     np.testing.assert_array_equal(edges, [32, 64, 128, 256, 512])
     np.testing.assert_allclose(coords, np.sqrt(edges[1:] * edges[:-1]))
-    np.testing.assert_array_equal(phase.bin_index(w, edges), [0, 0, 1, 2, 3])
-    edges, coords = phase.bin_edges(np.asarray([0.0, 0.25, 1.0, 0.25]), "auto", "attention_rate")
+    np.testing.assert_array_equal(diagram.bin_index(w, edges), [0, 0, 1, 2, 3])
+    edges, coords = diagram.bin_edges(np.asarray([0.0, 0.25, 1.0, 0.25]), "auto", "attention_rate")
     np.testing.assert_array_equal(coords, [0.0, 0.25, 1.0])
-    np.testing.assert_array_equal(phase.bin_index([0.0, 0.25, 1.0, 2.0, np.nan], edges), [0, 1, 2, -1, -1])
-    edges, _ = phase.bin_edges(np.zeros(3), 10, "attention_rate")
-    np.testing.assert_array_equal(phase.bin_index([0.0, 0.05, 0.1, 0.95, 1.0], edges), [0, 0, 1, 9, 9])
+    np.testing.assert_array_equal(diagram.bin_index([0.0, 0.25, 1.0, 2.0, np.nan], edges), [0, 1, 2, -1, -1])
+    edges, _ = diagram.bin_edges(np.zeros(3), 10, "attention_rate")
+    np.testing.assert_array_equal(diagram.bin_index([0.0, 0.05, 0.1, 0.95, 1.0], edges), [0, 0, 1, 9, 9])
 
 
 def test_classify_thresholds_are_parameters():
@@ -89,11 +89,11 @@ def test_classify_thresholds_are_parameters():
         "gradient_symmetricity": np.asarray([0.99, 0.97, np.nan]),
         "distance_irrelevance_largest_wrong": np.asarray([0.3, 0.7, 0.5]),
     }
-    lab = phase.classify(runs)
+    lab = diagram.classify(runs)
     np.testing.assert_array_equal(lab["symmetric"], [1.0, 0.0, np.nan])
     np.testing.assert_array_equal(lab["distance_dependent_largest_wrong"], [1.0, 0.0, 1.0])
     assert "distance_dependent" not in lab
-    lab = phase.classify(runs, symmetric_threshold=0.95, irrelevance_threshold=0.4)
+    lab = diagram.classify(runs, symmetric_threshold=0.95, irrelevance_threshold=0.4)
     np.testing.assert_array_equal(lab["symmetric"], [1.0, 1.0, np.nan])
     np.testing.assert_array_equal(lab["distance_dependent_largest_wrong"], [1.0, 0.0, 0.0])
 
@@ -114,7 +114,7 @@ def test_phase_arrays_two_width_bins_recover_their_boundaries():
         "distance_irrelevance_largest_wrong": np.where(y == 1, 0.3, 0.9),
         "circularity": circ,
     }
-    arr = phase.phase_arrays(runs, {"width_bins": "octave"})
+    arr = diagram.phase_arrays(runs, {"width_bins": "octave"})
     np.testing.assert_array_equal(arr["edges__d_model_bin"], [32, 64, 128, 256, 512])
     a_star = arr["transition__all__symmetric__alpha_star"]
     assert a_star[0] == pytest.approx(0.35, abs=0.02) and a_star[3] == pytest.approx(0.8, abs=0.02)
@@ -129,9 +129,9 @@ def test_phase_arrays_two_width_bins_recover_their_boundaries():
     frac = arr["binned__all__symmetric__mean"]
     assert frac[0, 0] > 0.9 and frac[0, 9] < 0.1 and frac[3, 6] > 0.5
     assert arr["binned__all__circular__nan"].sum() == 10
-    _, dims, coords = phase.named(arr, "transition__all__symmetric__alpha_star")
+    _, dims, coords = diagram.named(arr, "transition__all__symmetric__alpha_star")
     assert dims == ["d_model_bin"] and len(coords["d_model_bin"]) == 4
-    text = phase.format_transitions(arr)
+    text = diagram.format_transitions(arr)
     assert "32–63" in text and "256–511" in text
 
 
@@ -207,7 +207,7 @@ width_bins = [4, 8, 16]
 
 def test_sampled_width_sweep_writes_phase_arrays_padding_and_figures(tmp_path, capsys):
     from phasespace.cli import main
-    from phasespace.store import load_sweep
+    from phasespace.io.store import load_sweep
 
     spec = tmp_path / "widths.toml"
     spec.write_text(SAMPLED)

@@ -5,9 +5,9 @@ import re
 import jax
 import pytest
 
-from phasespace import engine, parallel
 from phasespace.models.transformer import TransformerArch
-from phasespace.train import Recipe
+from phasespace.spec.networks import Recipe
+from phasespace.training import placement, program
 
 ARCH = TransformerArch(p=5, d_model=8)
 
@@ -20,15 +20,15 @@ def _dot_precisions(text: str) -> tuple[int, set[str]]:
 
 
 def test_mode_names_per_platform():
-    assert engine.matmul_precision("float32", "cpu") == "highest"
-    assert engine.matmul_precision("float32", "gpu") == "highest"
-    assert engine.matmul_precision("tensorfloat32", "gpu") == "tensorfloat32"
-    assert engine.matmul_precision("bfloat16", "gpu") == "BF16_BF16_F32"
+    assert program.matmul_precision("float32", "cpu") == "highest"
+    assert program.matmul_precision("float32", "gpu") == "highest"
+    assert program.matmul_precision("tensorfloat32", "gpu") == "tensorfloat32"
+    assert program.matmul_precision("bfloat16", "gpu") == "BF16_BF16_F32"
     # XLA:CPU has no TF32 and runs bf16 dot algorithms in float32: recorded as such.
-    assert engine.effective_precision("bfloat16", "cpu") == "float32"
-    assert engine.effective_precision("bfloat16", "tpu") == "bfloat16"
+    assert program.effective_precision("bfloat16", "cpu") == "float32"
+    assert program.effective_precision("bfloat16", "tpu") == "bfloat16"
     with pytest.raises(ValueError, match="precision='fp8'"):
-        engine.matmul_precision("fp8", "gpu")
+        program.matmul_precision("fp8", "gpu")
     with pytest.raises(ValueError, match="precision"):
         Recipe(precision="fp8")
 
@@ -44,10 +44,10 @@ def test_mode_names_per_platform():
 def test_training_programs_carry_the_mode(monkeypatch, mode, expected):
     """Every matmul of the training chunk (fast and plain) is lowered in the mode's precision, as
     it would be on a GPU (XLA:CPU itself then computes float32)."""
-    monkeypatch.setattr(engine, "_platform", lambda layout: "gpu")
-    layout = parallel.simple_layout(2, devices=jax.devices()[:1])
+    monkeypatch.setattr(program, "_platform", lambda layout: "gpu")
+    layout = placement.simple_layout(2, devices=jax.devices()[:1])
     for fast in (True, False):
-        text = engine.lowered_sharded_chunk(
+        text = program.lowered_sharded_chunk(
             ARCH, Recipe(steps=2, precision=mode, fast=fast), 2, layout, 2
         ).as_text()
         n, attrs = _dot_precisions(text)

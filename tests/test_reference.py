@@ -5,8 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from phasespace.interop import CheckpointError, load_reference_transformer, transformer_params_from_state_dict
-from phasespace.reference import evaluate_reference
+from phasespace.io.reference import (
+    CheckpointError,
+    load_reference_transformer,
+    transformer_params_from_state_dict,
+)
+from phasespace.sweep.reference import evaluate_reference
 
 SPEC7 = {
     # run: (α, gradient symmetricity, distance irrelevance correct / largest wrong, circularity, accuracy, L2)

@@ -22,8 +22,9 @@ import jax
 import numpy as np
 import pytest
 
-from phasespace import checkpoint, store
-from phasespace.checkpoint import (
+from phasespace.cli import main
+from phasespace.io import checkpoint, store
+from phasespace.io.checkpoint import (
     BucketCheckpoint,
     CheckpointWarning,
     LoggedHistory,
@@ -34,10 +35,9 @@ from phasespace.checkpoint import (
     spec_diff,
     sweep_lock,
 )
-from phasespace.cli import main
-from phasespace.config import parse_spec
-from phasespace.sweep import run_sweep
-from phasespace.train import TrainState
+from phasespace.spec.parse import parse_spec
+from phasespace.sweep.run import run_sweep
+from phasespace.training.step import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(REPO, "tests", "kill_driver.py")
@@ -219,12 +219,12 @@ def test_sigkill_at_random_times_then_resume(work):
 
 
 def test_resume_with_a_different_spec_is_refused_naming_the_fields(work, tmp_path, capsys, monkeypatch):
-    import phasespace.sweep
+    import phasespace.sweep.run
 
     out = tmp_path / "sweep"
     shutil.copytree(work.ref, out)
     before = {p: os.path.getmtime(p) for p in glob.glob(str(out / "**"), recursive=True)}
-    monkeypatch.setattr(phasespace.sweep, "train_bucket", lambda *a, **k: pytest.fail("compute started"))
+    monkeypatch.setattr(phasespace.sweep.run, "train_bucket", lambda *a, **k: pytest.fail("compute started"))
     other = write_spec(str(tmp_path), lr="2e-3", name="other.toml")
     with open(other, "a") as f:
         f.write("[sampling]\nseed = 3\n")
@@ -239,12 +239,12 @@ def test_resume_with_a_different_spec_is_refused_naming_the_fields(work, tmp_pat
 
 
 def test_resume_free_fields_may_change_and_finished_buckets_are_not_retrained(work, tmp_path, monkeypatch):
-    import phasespace.sweep
+    import phasespace.sweep.run
 
     out = tmp_path / "sweep"
     shutil.copytree(work.ref, out)
     os.remove(out / "runs.csv")
-    monkeypatch.setattr(phasespace.sweep, "train_population", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(phasespace.sweep.run, "train_population", lambda *a, **k: pytest.fail("retrained"))
     spec = parse_spec(
         {**_raw(work.spec), "name": "renamed", "train": {**_raw(work.spec)["train"], "chunk_steps": 20}}
     )

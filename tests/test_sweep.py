@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from phasespace.cli import main
-from phasespace.store import load_sweep
+from phasespace.io.store import load_sweep
 
 TINY = """
 name = "tiny"

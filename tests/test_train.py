@@ -6,8 +6,9 @@ import pytest
 from numpy_reference import cross_entropy as ce64
 
 from phasespace.models.transformer import TransformerArch
-from phasespace.population import NetworkSpec, build_population
-from phasespace.train import Recipe, cross_entropy, make_optimizer, train_population
+from phasespace.population.stack import NetworkSpec, build_population
+from phasespace.training.loop import train_population
+from phasespace.training.step import Recipe, cross_entropy, make_optimizer
 
 
 @pytest.mark.parametrize("margin", [5.0, 10.0, 17.0, 20.0, 25.0, 30.0])

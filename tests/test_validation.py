@@ -13,16 +13,16 @@ import sys
 import numpy as np
 import pytest
 
-from phasespace import store
 from phasespace.cli import main
-from phasespace.config import SpecError, parse_spec
-from phasespace.interop import (
+from phasespace.io import store
+from phasespace.io.reference import (
     CheckpointError,
     arch_from_reference_config,
     load_reference_transformer,
     transformer_params_from_state_dict,
 )
 from phasespace.models.transformer import TransformerArch
+from phasespace.spec.parse import SpecError, parse_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "reference")
@@ -117,12 +117,12 @@ def _write(tmp_path, text, name="bad.toml"):
 
 
 def test_cli_prints_the_error_and_exits_nonzero_before_compute(tmp_path, capsys, monkeypatch):
-    import phasespace.sweep
+    import phasespace.sweep.run
 
     def no_compute(*a, **k):
         raise AssertionError("compute started")
 
-    monkeypatch.setattr(phasespace.sweep, "train_bucket", no_compute)
+    monkeypatch.setattr(phasespace.sweep.run, "train_bucket", no_compute)
     bad = _write(tmp_path, "[axes]\np = 9\n")
     out = tmp_path / "out"
     assert main(["run", bad, "--out", str(out)]) == 2
@@ -270,7 +270,7 @@ def test_atomic_path_never_leaves_a_partial_file(tmp_path):
 
 
 def test_every_writer_goes_through_the_atomic_helpers():
-    """Static audit: in the package, files are written only by phasespace.store (plots render
+    """Static audit: in the package, files are written only by phasespace.io.store (plots render
     into memory and hand the bytes to store.write_bytes; orbax writes checkpoints atomically)."""
     pkg = os.path.join(REPO, "phasespace")
     offenders = []

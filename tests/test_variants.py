@@ -12,17 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace import store
 from phasespace.cli import main
-from phasespace.config import parse_spec
-from phasespace.data import all_pairs
-from phasespace.final_params import list_bucket_params, load_bucket_params
-from phasespace.interop import _BLOCK_KEYS, load_reference_checkpoint
+from phasespace.io import store
+from phasespace.io.params import list_bucket_params, load_bucket_params
+from phasespace.io.reference import BLOCK_KEYS, load_reference_checkpoint
 from phasespace.models.mlp import MLPArch
 from phasespace.models.registry import make_model
-from phasespace.population import init_params
-from phasespace.reanalysis import analyze_reference_dir
-from phasespace.sweep import run_sweep
+from phasespace.population.stack import init_params
+from phasespace.spec.parse import parse_spec
+from phasespace.sweep.reanalyze import analyze_reference_dir
+from phasespace.sweep.run import run_sweep
+from phasespace.tasks import all_pairs
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
@@ -200,7 +200,7 @@ def _write_checkpoint(folder, run, arch, params, cfg):
         state = {f"{layer}.{leaf}": np.asarray(v) for layer, d in P.items() for leaf, v in d.items()}
     else:
         state = {"embed.W_E": P["W_E"], "pos_embed.W_pos": P["W_pos"], "unembed.W_U": P["W_U"]}
-        ref = {v: k for k, v in _BLOCK_KEYS.items()}
+        ref = {v: k for k, v in BLOCK_KEYS.items()}
         for i in range(arch.n_layers):
             state.update({f"blocks.{i}.{ref[k]}": v for k, v in P[f"blocks_{i}"].items()})
     np.savez(folder / f"{run}.npz", **{k: np.asarray(v) for k, v in state.items()})

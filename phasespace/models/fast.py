@@ -21,7 +21,7 @@ Notation (SPEC §2; one network; heads h = 1…H; token a at position 0, token b
 
 Per pair this costs 2·H·(d_mlp + V) multiply-adds of mixing, the nonlinearity and one
 d_mlp → V product (or d_mlp → d → V), instead of every projection on p² rows
-(:mod:`phasespace.flops` counts both). The mixing has a hand-written backward pass (one
+(:mod:`phasespace.population.flops` counts both). The mixing has a hand-written backward pass (one
 contraction per cotangent). The result equals the plain model's to float32
 rounding: ``tests/test_fast.py`` checks logits and gradients for ReLU and GeLU, α ∈ {0, 0.3, 1},
 padded and unpadded buckets and the separate operand vocabulary.
@@ -66,7 +66,7 @@ def fast_logits(
 
     Returns:
         float32 (p², V): row i is the input (a, b) = (i // p, i % p), the order of
-        :func:`phasespace.data.all_pairs`; identical (to float32 rounding) to
+        :func:`phasespace.tasks.all_pairs`; identical (to float32 rounding) to
         ``Transformer(arch).apply(params, all_pairs tokens, attention_rate, attn_scale)``.
 
     Raises:
@@ -206,7 +206,7 @@ def logits_table(
         arch: static architecture (any model family of :mod:`phasespace.models.registry`).
         params: one network's parameters.
         attention_rate, attn_scale: float32 scalars.
-        tokens: int32 (p², n_ctx), :func:`phasespace.data.all_pairs` (used by the plain path only;
+        tokens: int32 (p², n_ctx), :func:`phasespace.tasks.all_pairs` (used by the plain path only;
             the fast path assumes exactly that order).
         fast: use :func:`fast_logits` when :func:`supports_fast` (default); False forces the
             plain Flax model.

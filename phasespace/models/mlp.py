@@ -40,11 +40,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from phasespace.data import Task
-from phasespace.models.transformer import _normal
-from phasespace.statedict import check_state_shapes
+from phasespace.models.init import fit, normal
+from phasespace.tasks import Task
 
 MLP_KINDS = {"A": "α", "X": "α′", "B": "β", "C": "γ", "D": "δ"}
 """Reference key → paper name of the MLP models (SPEC §3)."""
@@ -141,7 +139,7 @@ class _Table(nn.Module):
 
     @nn.compact
     def __call__(self) -> jax.Array:
-        return self.param("weight", _normal(self.divisor), (self.n, self.width))
+        return self.param("weight", normal(self.divisor), (self.n, self.width))
 
 
 class _Linear(nn.Module):
@@ -220,13 +218,6 @@ def resize_params(params: Any, src: MLPArch, dst: MLPArch) -> Any:
         raise ValueError(f"kind: cannot resize a {src.kind!r} model to {dst.kind!r}")
     d1, e0, e1 = dst.d_model, src.d_embed, dst.d_embed
 
-    def fit(x: Any, sizes: dict[int, int]) -> Any:
-        x = x[tuple(slice(None) if a not in sizes else slice(0, sizes[a]) for a in range(-x.ndim, 0))]
-        widths = [(0, 0)] * x.ndim
-        for a, n in sizes.items():
-            widths[x.ndim + a] = (0, n - x.shape[a])
-        return jnp.pad(x, widths) if isinstance(x, jax.Array) else np.pad(x, widths)
-
     def l1_weight(x: Any) -> Any:
         if src.kind != "D":
             return fit(x, {-2: d1, -1: e1})
@@ -249,27 +240,3 @@ def resize_params(params: Any, src: MLPArch, dst: MLPArch) -> Any:
         raise ValueError(f"unexpected MLP parameter {'/'.join(map(str, names))}")
 
     return jax.tree_util.tree_map_with_path(visit, params)
-
-
-def mlp_params_from_state_dict(state: dict[str, np.ndarray], arch: MLPArch) -> dict[str, Any]:
-    """Map a reference MLP-model ``state_dict`` (``embed.weight``, ``unembed.weight``,
-    ``l1.weight``, ``l1.bias``, ``l2.*``; ``embed1``/``embed2`` for α′) to the Flax tree.
-
-    Returns:
-        ``{"params": {...}}`` of float32 NumPy arrays, one network.
-
-    Raises:
-        phasespace.statedict.CheckpointError: naming the key, expected and found shape, for a
-            missing, unexpected or mis-shaped key.
-    """
-    shapes = jax.eval_shape(lambda k: MLPModel(arch).init(k, jnp.zeros((1, 2), jnp.int32)), jax.random.key(0))
-    expected = {
-        ".".join(str(getattr(k, "key", k)) for k in path[1:]): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
-    }
-    check_state_shapes(state, expected, arch)
-    params: dict[str, Any] = {}
-    for key in expected:
-        layer, leaf = key.split(".")
-        params.setdefault(layer, {})[leaf] = np.asarray(state[key], dtype=np.float32)
-    return {"params": params}

@@ -16,44 +16,24 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from phasespace.defaults import MODEL_FAMILIES, RECIPE_DEFAULTS, recipe_family
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
-from phasespace.models.mlp import resize_params as _resize_mlp
-from phasespace.models.transformer import ACTIVATIONS, Transformer, TransformerArch
+from phasespace.models.mlp import resize_params as resize_mlp_params
+from phasespace.models.transformer import Transformer, TransformerArch
+from phasespace.models.transformer import resize_params as resize_transformer_params
 
 Arch = TransformerArch | MLPArch
 
-FAMILIES: dict[str, str | None] = {
-    "transformer": None,
-    "mlp_alpha": "A",
-    "mlp_alpha_prime": "X",
-    "mlp_beta": "B",
-    "mlp_gamma": "C",
-    "mlp_delta": "D",
-}
-"""Model family name (the sweep axis ``model``) → reference key of the MLP model (SPEC §3;
-``None`` for the transformer)."""
-
-_KIND_TO_FAMILY = {v: k for k, v in FAMILIES.items() if v is not None}
-
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "transformer": {"b1": 0.9, "b2": 0.98, "eps": 1e-8, "warmup_steps": 10},
-    "mlp": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "warmup_steps": 0},
-}
-"""Optimizer defaults per family (SPEC §4): transformers AdamW betas (0.9, 0.98) with a 10-step
-warm-up; MLP models betas (0.9, 0.999), no warm-up. Both: lr 1e-3, wd 2.0, full batch."""
+_KIND_TO_FAMILY = {v: k for k, v in MODEL_FAMILIES.items() if v is not None}
 
 
 def family(arch: Arch) -> str:
-    """The family name of an architecture (a key of :data:`FAMILIES`)."""
+    """The family name of an architecture (a key of :data:`phasespace.defaults.MODEL_FAMILIES`)."""
     if isinstance(arch, MLPArch):
         return _KIND_TO_FAMILY[arch.kind]
     if isinstance(arch, TransformerArch):
         return "transformer"
     raise TypeError(f"arch={arch!r}: not a TransformerArch or MLPArch")
-
-
-def is_mlp(arch: Arch) -> bool:
-    return isinstance(arch, MLPArch)
 
 
 def make_arch(
@@ -71,9 +51,9 @@ def make_arch(
     Raises:
         ValueError: unknown ``model``, naming the allowed families.
     """
-    if model not in FAMILIES:
-        raise ValueError(f"model={model!r}: must be one of {list(FAMILIES)}")
-    kind = FAMILIES[model]
+    if model not in MODEL_FAMILIES:
+        raise ValueError(f"model={model!r}: must be one of {list(MODEL_FAMILIES)}")
+    kind = MODEL_FAMILIES[model]
     if kind is not None:
         return MLPArch(p=p, d_model=d_model, kind=kind)
     return TransformerArch(
@@ -100,17 +80,16 @@ def embed_method(arch: Arch) -> str:
 
 
 def resize_params(params: Any, src: Arch, dst: Arch) -> Any:
-    """Zero-pad or slice parameters between widths ``src.d_model`` and ``dst.d_model``."""
+    """Zero-pad or slice parameters between widths ``src.d_model`` and ``dst.d_model`` (works
+    on trees with or without leading run axes; see each family's ``resize_params``)."""
     if isinstance(src, MLPArch):
-        return _resize_mlp(params, src, dst)
-    from phasespace.population import _resize
-
-    return _resize(params, src, dst)
+        return resize_mlp_params(params, src, dst)
+    return resize_transformer_params(params, src, dst)
 
 
 def recipe_defaults(arch: Arch) -> dict[str, Any]:
-    """Optimizer defaults of the family (:data:`RECIPE_DEFAULTS`)."""
-    return dict(RECIPE_DEFAULTS["mlp" if isinstance(arch, MLPArch) else "transformer"])
+    """Optimizer defaults of the family (:data:`phasespace.defaults.RECIPE_DEFAULTS`)."""
+    return dict(RECIPE_DEFAULTS[recipe_family(family(arch))])
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -192,10 +171,7 @@ def arch_from_dict(d: dict[str, Any]) -> Arch:
 
 
 __all__ = [
-    "ACTIVATIONS",
-    "FAMILIES",
     "MLP_KINDS",
-    "RECIPE_DEFAULTS",
     "Arch",
     "MLPArch",
     "TransformerArch",
@@ -204,7 +180,6 @@ __all__ = [
     "embed_method",
     "embedding_tables",
     "family",
-    "is_mlp",
     "make_arch",
     "make_model",
     "recipe_defaults",

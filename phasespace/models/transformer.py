@@ -17,22 +17,22 @@ name                shape                       init: N(0, 1) divided by
 ==================  ==========================  ==================================
 
 These are the reference implementation's shapes, so its checkpoints load without transposes.
-A network may be zero-padded to a larger bucket width (see :mod:`phasespace.population`);
+A network may be zero-padded to a larger bucket width (see :mod:`phasespace.population.stack`);
 the softmax scale 1/√d_head of its *true* width is then passed in as data.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from phasespace.data import Task
-
-ACTIVATIONS = ("relu", "gelu")
+from phasespace.defaults import ACTIVATIONS
+from phasespace.models.init import fit, normal
+from phasespace.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +91,6 @@ class TransformerArch:
         return dataclasses.replace(self, d_model=d_model)
 
 
-def _normal(divisor: float):
-    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-        return jax.random.normal(key, shape, dtype) / math.sqrt(divisor)
-
-    return init
-
-
 def activation(name: str, x: jax.Array) -> jax.Array:
     """ReLU, or GeLU in its exact erf form (PyTorch's default ``F.gelu``)."""
     if name == "relu":
@@ -118,13 +111,13 @@ class Block(nn.Module):
     def setup(self) -> None:
         a = self.arch
         d, h, dh, dm = a.d_model, a.n_heads, a.d_head, a.d_mlp
-        self.W_Q = self.param("W_Q", _normal(d), (h, dh, d))
-        self.W_K = self.param("W_K", _normal(d), (h, dh, d))
-        self.W_V = self.param("W_V", _normal(d), (h, dh, d))
-        self.W_O = self.param("W_O", _normal(d), (d, h * dh))
-        self.W_in = self.param("W_in", _normal(dm), (dm, d))
+        self.W_Q = self.param("W_Q", normal(d), (h, dh, d))
+        self.W_K = self.param("W_K", normal(d), (h, dh, d))
+        self.W_V = self.param("W_V", normal(d), (h, dh, d))
+        self.W_O = self.param("W_O", normal(d), (d, h * dh))
+        self.W_in = self.param("W_in", normal(dm), (dm, d))
         self.b_in = self.param("b_in", nn.initializers.zeros, (dm,))
-        self.W_out = self.param("W_out", _normal(d), (d, dm))
+        self.W_out = self.param("W_out", normal(d), (d, dm))
         self.b_out = self.param("b_out", nn.initializers.zeros, (d,))
 
     def __call__(
@@ -161,9 +154,9 @@ class Transformer(nn.Module):
 
     def setup(self) -> None:
         a = self.arch
-        self.W_E = self.param("W_E", _normal(a.d_model), (a.d_model, a.vocab))
-        self.W_pos = self.param("W_pos", _normal(a.d_model), (a.n_ctx, a.d_model))
-        self.W_U = self.param("W_U", _normal(a.vocab), (a.d_model, a.vocab))
+        self.W_E = self.param("W_E", normal(a.d_model), (a.d_model, a.vocab))
+        self.W_pos = self.param("W_pos", normal(a.d_model), (a.n_ctx, a.d_model))
+        self.W_U = self.param("W_U", normal(a.vocab), (a.d_model, a.vocab))
         self.blocks = [Block(a, name=f"blocks_{i}") for i in range(a.n_layers)]
 
     def embed(self, tokens: jax.Array) -> jax.Array:
@@ -180,3 +173,41 @@ class Transformer(nn.Module):
 
     def __call__(self, tokens: jax.Array, attention_rate: jax.Array, attn_scale: jax.Array) -> jax.Array:
         return self.from_embeddings(self.embed(tokens), attention_rate, attn_scale)
+
+
+def resize_params(params: Any, src: TransformerArch, dst: TransformerArch) -> Any:
+    """Zero-pad or slice transformer parameters from width ``src.d_model`` to ``dst.d_model``.
+
+    Works on trees with or without leading run axes (the trailing axes are resized). Heads keep
+    their block structure: W_Q (H, d_head, d) → (H, D_head, D) and W_O (d, H·d_head) →
+    (D, H·D_head) head by head.
+    """
+    d0, d1 = src.d_model, dst.d_model
+    h0, h1 = src.d_head, dst.d_head
+    _m0, m1 = src.d_mlp, dst.d_mlp
+    H = src.n_heads
+
+    def head_o(x: Any) -> Any:
+        lead = x.shape[:-2]
+        x = x.reshape(*lead, d0, H, h0)
+        x = fit(x, {-3: d1, -1: h1})
+        return x.reshape(*lead, d1, H * h1)
+
+    rules = {
+        "W_E": lambda x: fit(x, {-2: d1}),
+        "W_U": lambda x: fit(x, {-2: d1}),
+        "W_pos": lambda x: fit(x, {-1: d1}),
+        "W_Q": lambda x: fit(x, {-2: h1, -1: d1}),
+        "W_K": lambda x: fit(x, {-2: h1, -1: d1}),
+        "W_V": lambda x: fit(x, {-2: h1, -1: d1}),
+        "W_O": head_o,
+        "W_in": lambda x: fit(x, {-2: m1, -1: d1}),
+        "b_in": lambda x: fit(x, {-1: m1}),
+        "W_out": lambda x: fit(x, {-2: d1, -1: m1}),
+        "b_out": lambda x: fit(x, {-1: d1}),
+    }
+
+    def visit(path, x):
+        return rules[path[-1].key](x)
+
+    return jax.tree_util.tree_map_with_path(visit, params)

@@ -1,0 +1,366 @@
+"""Circuit analysis of whole populations: key frequencies and circles, circle isolation, logit
+fits and classification (SPEC §5.4–5.7), on top of the core metrics of
+:mod:`phasespace.analysis.network` (§5.1–5.3, §5.6).
+
+Every metric is a pure per-network function (:func:`circuit_network`), ``jit(vmap(...))``-ed over
+the run axis R (:func:`analyze_circuits`). :func:`analyze_full` runs both passes and the
+classification, returning per-network scalars (the runs table) and per-network arrays (circle
+tables, accuracy per (a − b)) — the one entry point for sweeps, metrics along training and
+``phasespace analyze``. Works for every model family of :mod:`phasespace.models.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phasespace.analysis import circles, metrics
+from phasespace.analysis.network import analyze_population
+from phasespace.defaults import ALGORITHMS, DI_METRICS
+from phasespace.models.fast import logits_table
+from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
+from phasespace.tasks import all_pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitOptions:
+    """Static options of the circuit analysis (the ``[analysis]`` table of a sweep spec).
+
+    Attributes:
+        n_components: leading principal components examined for key frequencies (SPEC §5.4).
+        min_power: a component belongs to a circle only if its Fourier energy fraction at its
+            key frequency is ≥ this.
+        min_circle_components: components needed to form a circle (2: a cos/sin pair).
+        circular_threshold: circular iff circularity ≥ this (SPEC §5.3, 0.995).
+        gs_threshold: Pizza-like iff gradient symmetricity > this (SPEC §5.7, 0.98).
+        di_threshold: Pizza-like iff distance irrelevance < this (SPEC §5.7, 0.6).
+        di_metric: which distance irrelevance the classification uses: ``distance_irrelevance``
+            (correct logit, paper Def. 4.2) or ``distance_irrelevance_largest_wrong`` (the
+            published tables' variant).
+    """
+
+    n_components: int = 12
+    min_power: float = 0.9
+    min_circle_components: int = 2
+    circular_threshold: float = metrics.CIRCULAR_THRESHOLD
+    gs_threshold: float = 0.98
+    di_threshold: float = 0.6
+    di_metric: str = "distance_irrelevance"
+
+    def __post_init__(self) -> None:
+        if self.n_components < 2:
+            raise ValueError(f"n_components={self.n_components}: must be ≥ 2")
+        if not 1 <= self.min_circle_components <= self.n_components:
+            raise ValueError(
+                f"min_circle_components={self.min_circle_components}: must be in [1, n_components]"
+            )
+        if self.di_metric not in DI_METRICS:
+            raise ValueError(f"di_metric={self.di_metric!r}: must be one of {list(DI_METRICS)}")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> CircuitOptions:
+        """Options from a mapping (e.g. a spec's ``[analysis]`` table); unknown keys ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in m.items() if k in names})
+
+    def components(self, arch: Arch) -> int:
+        """Number n of components examined: min(n_components, p, embedding width)."""
+        width = embedding_tables_shape(arch)[1]
+        return min(self.n_components, arch.p, width)
+
+    def circle_slots(self, arch: Arch) -> int:
+        """Number C of circle slots: n // min_circle_components."""
+        return max(self.components(arch) // self.min_circle_components, 1)
+
+
+def embedding_tables_shape(arch: Arch) -> tuple[int, int]:
+    """(p, e): the shape of each operand embedding table of ``arch`` (at its bucket width)."""
+    e = getattr(arch, "d_embed", arch.d_model)
+    return arch.p, e
+
+
+# --------------------------------------------------------------------------------------------- #
+# One network
+
+
+def isolated_logits(
+    arch: Arch,
+    params: Any,
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    keep_a: jax.Array,
+    keep_b: jax.Array | None = None,
+) -> jax.Array:
+    """Logits over all p² pairs of the network with only some principal components of its
+    operand embedding table(s) kept (SPEC §5.5: inverse PCA, mean added back, every other weight
+    unchanged).
+
+    Args:
+        arch, params: one network (no run axis).
+        attention_rate, attn_scale: float32 scalars.
+        keep_a: bool (n,): which of the n leading components of the first operand's table to
+            keep (for a shared table, of the only table).
+        keep_b: bool (n_b,): the same for the second operand's table when it is separate
+            (separate vocabulary, α′); default: ``keep_a``.
+
+    Returns:
+        float32 (p², V) in :func:`~phasespace.tasks.all_pairs` order.
+    """
+    tokens, _ = all_pairs(arch.task)
+    ta, tb = embedding_tables(arch, params)
+    a = circles.isolate(circles.pca(ta), keep_a)
+    b = a if shares_table(arch) else circles.isolate(circles.pca(tb), keep_a if keep_b is None else keep_b)
+    iso = set_embedding_tables(arch, params, a, b)
+    return logits_table(arch, iso, attention_rate, attn_scale, jnp.asarray(tokens))  # fast path if 1 layer
+
+
+def circuit_network(
+    arch: Arch,
+    opts: CircuitOptions,
+    params: Any,
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    tokens: jax.Array,
+    labels: jax.Array,
+) -> dict[str, jax.Array]:
+    """Key frequencies, circles, circle isolation and logit FVE of one network (SPEC §5.4–5.5).
+
+    The circles are found in the first operand's table (tokens 0…p−1). Isolating a circle keeps
+    its components in that table and, where the second operand has its own table (separate
+    vocabulary, α′), the components of the same key frequency there.
+
+    Args:
+        arch: static architecture (may be a padded bucket width).
+        opts: static options.
+        params: one network's parameters.
+        attention_rate, attn_scale: float32 scalars.
+        tokens, labels: the full table (p², n_ctx), (p²,).
+
+    Returns:
+        dict, with n = :meth:`CircuitOptions.components` and C = :meth:`~CircuitOptions.circle_slots`:
+
+        * ``pc_frequency``, ``pc_delta`` int32 (n,): key frequency min(k, p−k) and δ of each
+          leading component of the first table; ``pc_power`` (n,) its Fourier energy fraction;
+          ``pc_variance`` (n,) its share of the table's variance; ``pc_frequency_b`` (n,) key
+          frequencies of the second operand's table (= ``pc_frequency`` for a shared table).
+        * ``n_circles`` int32; ``circle_frequency``, ``circle_delta``, ``circle_components``
+          int32 (C,) (k, δ and the number of components; 0 for empty slots);
+          ``circle_variance`` (C,); ``circle_accompanies`` int32 (C,): k′ of the earlier circle
+          this one accompanies (k ≡ ±2k′), 0 if none.
+        * ``circle_accuracy`` (C,) and ``circle_accuracy_by_difference`` (C, p): accuracy of the
+          network with only that circle kept, over all p² pairs and per (a − b) mod p.
+        * ``circle_fve_clock``, ``circle_fve_pizza`` (C,): FVE of the isolated logits O[a, b, c]
+          (c < p) by Q_clock and Q_pizza at the circle's k; ``circle_fve_accompanying`` (C,): by
+          Q_acc at the accompanied circle's k (NaN if it accompanies none). NaN in empty slots.
+        * ``circles_accuracy``: accuracy with all circles kept together (NaN with none);
+          ``circularity_b``: circularity (SPEC §5.3) of the second operand's table.
+    """
+    p = arch.p
+    n = opts.components(arch)
+    n_c = opts.circle_slots(arch)
+    model = make_model(arch)
+    shared = shares_table(arch)
+    ta, tb = embedding_tables(arch, params)
+    pa = circles.pca(ta)
+    fa = circles.key_frequencies(pa, p, n)
+    if shared:
+        pb, fb = pa, fa
+    else:
+        pb = circles.pca(tb)
+        fb = circles.key_frequencies(pb, p, n)
+    k, members, count = circles.group_circles(
+        fa["frequency"], fa["power"], n_c, opts.min_power, opts.min_circle_components
+    )
+    members_b = (
+        members if shared else circles.members_by_frequency(k, fb["frequency"], fb["power"], opts.min_power)
+    )
+    present = jnp.arange(n_c) < count
+    main = circles.accompanied_frequency(k, p)
+
+    def run(keep: tuple[jax.Array, jax.Array]) -> jax.Array:
+        a = circles.isolate(pa, keep[0])
+        b = a if shared else circles.isolate(pb, keep[1])
+        return model.apply(set_embedding_tables(arch, params, a, b), tokens, attention_rate, attn_scale)
+
+    def one_circle(args):
+        keep_a, keep_b, kc, km = args
+        logits = run((keep_a, keep_b))
+        acc = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        by_diff = circles.accuracy_by_difference(logits, labels, p)
+        o = logits[:, :p].reshape(p, p, p)
+        return (
+            acc,
+            by_diff,
+            circles.logit_fve(o, circles.clock_logits(p, kc)),
+            circles.logit_fve(o, circles.pizza_logits(p, kc)),
+            circles.logit_fve(o, circles.accompanying_logits(p, km)),
+        )
+
+    acc, by_diff, fve_c, fve_p, fve_a = jax.lax.map(one_circle, (members, members_b, k, main))
+    nan = jnp.float32(jnp.nan)
+    all_logits = run((jnp.any(members, axis=0), jnp.any(members_b, axis=0)))
+    all_acc = jnp.mean(jnp.argmax(all_logits, axis=-1) == labels)
+    comp = jnp.sum(members, axis=1).astype(jnp.int32)
+    return {
+        "pc_frequency": fa["frequency"],
+        "pc_delta": fa["delta"],
+        "pc_power": fa["power"],
+        "pc_variance": fa["variance"],
+        "pc_frequency_b": fb["frequency"],
+        "n_circles": count,
+        "circle_frequency": k,
+        "circle_delta": circles.delta_of(k, p),
+        "circle_components": comp,
+        "circle_variance": jnp.sum(jnp.where(members, fa["variance"][None, :], 0.0), axis=1),
+        "circle_accompanies": main,
+        "circle_accuracy": jnp.where(present, acc, nan),
+        "circle_accuracy_by_difference": jnp.where(present[:, None], by_diff, nan),
+        "circle_fve_clock": jnp.where(present, fve_c, nan),
+        "circle_fve_pizza": jnp.where(present, fve_p, nan),
+        "circle_fve_accompanying": jnp.where(present & (main > 0), fve_a, nan),
+        "circles_accuracy": jnp.where(count > 0, all_acc, nan),
+        "circularity_b": metrics.circularity(tb),
+    }
+
+
+# --------------------------------------------------------------------------------------------- #
+# Populations
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(arch: Arch, opts: CircuitOptions):
+    fn = functools.partial(circuit_network, arch, opts)
+    return jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None)))
+
+
+def analyze_circuits(
+    arch: Arch, params: Any, attention_rate: Any, attn_scale: Any, opts: CircuitOptions = CircuitOptions()
+) -> dict[str, np.ndarray]:
+    """:func:`circuit_network` for R networks in one jitted, vmapped call.
+
+    Args:
+        arch: the bucket architecture; params: tree with leaves (R, ...);
+        attention_rate, attn_scale: (R,) float32.
+
+    Returns:
+        dict of NumPy arrays with leading axis R (see :func:`circuit_network` for the rest).
+    """
+    tokens, labels = all_pairs(arch.task)
+    with jax.default_matmul_precision("highest"):
+        out = _compiled(arch, opts)(
+            params,
+            jnp.asarray(attention_rate, jnp.float32),
+            jnp.asarray(attn_scale, jnp.float32),
+            jnp.asarray(tokens),
+            jnp.asarray(labels),
+        )
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def classify(
+    circularity: np.ndarray,
+    gradient_symmetricity: np.ndarray,
+    distance_irrelevance: np.ndarray,
+    opts: CircuitOptions = CircuitOptions(),
+) -> np.ndarray:
+    """Algorithm class per network (SPEC §5.7), an index into :data:`ALGORITHMS`.
+
+    non-circular (0) iff circularity < ``circular_threshold``; among circular networks Pizza (1)
+    iff gradient symmetricity > ``gs_threshold`` and distance irrelevance < ``di_threshold``,
+    Clock (2) iff neither holds, mixed (3) if exactly one holds (or a metric is NaN).
+
+    Args:
+        circularity, gradient_symmetricity, distance_irrelevance: float arrays (R,).
+
+    Returns:
+        int64 (R,).
+    """
+    circ = np.asarray(circularity, np.float64) >= opts.circular_threshold
+    gs = np.asarray(gradient_symmetricity, np.float64)
+    di = np.asarray(distance_irrelevance, np.float64)
+    with np.errstate(invalid="ignore"):
+        pizza_gs, clock_gs = gs > opts.gs_threshold, gs <= opts.gs_threshold
+        pizza_di, clock_di = di < opts.di_threshold, di >= opts.di_threshold
+    code = np.full(circ.shape, 3, np.int64)
+    code[pizza_gs & pizza_di] = 1
+    code[clock_gs & clock_di] = 2
+    code[~circ] = 0
+    return code
+
+
+SCALAR_CIRCUIT_FIELDS = ("n_circles", "circles_accuracy", "circularity_b")
+CIRCLE_COLUMN_FIELDS = {
+    "k": "circle_frequency",
+    "delta": "circle_delta",
+    "components": "circle_components",
+    "accompanies": "circle_accompanies",
+    "accuracy": "circle_accuracy",
+    "fve_clock": "circle_fve_clock",
+    "fve_pizza": "circle_fve_pizza",
+    "fve_accompanying": "circle_fve_accompanying",
+}
+"""Per-circle columns of the runs table: ``circle{i}_{name}`` ← ``field[:, i - 1]``."""
+
+
+def circuit_columns(n_circle_columns: int) -> list[str]:
+    """Runs-table columns added by :func:`analyze_full` besides the core metrics (scalars,
+    classification, per circle)."""
+    cols = [*SCALAR_CIRCUIT_FIELDS, "algorithm", "algorithm_code"]
+    for i in range(1, n_circle_columns + 1):
+        cols += [f"circle{i}_{name}" for name in CIRCLE_COLUMN_FIELDS]
+    return cols
+
+
+def analyze_full(
+    arch: Arch,
+    params: Any,
+    hparams: Mapping[str, Any],
+    analysis: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every metric of R networks of one bucket: the core pass (:func:`analyze_population`),
+    the circuit pass (:func:`analyze_circuits`) and the classification (:func:`classify`).
+
+    Args:
+        arch: bucket architecture; params: leaves (R, ...).
+        hparams: ``attention_rate``, ``attn_scale`` (R,) and ``train_mask`` (R, p²).
+        analysis: options (a spec's ``[analysis]`` table): ``n_triples``, ``triple_seed`` and the
+            fields of :class:`CircuitOptions`; defaults where missing.
+
+    Returns:
+        ``(scalars, arrays)``: per-network scalars (R,) — every field of
+        :func:`~phasespace.analysis.network.analyze_network`, ``n_circles``, ``circles_accuracy``,
+        ``circularity_b``, ``circular`` (bool), ``algorithm_code`` (int) and ``algorithm``
+        (str) and ``circle{i}_*`` columns (:data:`CIRCLE_COLUMN_FIELDS`) — and per-network
+        arrays (R, ...) of :func:`circuit_network` (``pc_*``, ``circle_*``).
+    """
+    analysis = dict(analysis or {})
+    opts = CircuitOptions.from_mapping(analysis)
+    core = analyze_population(
+        arch,
+        params,
+        hparams["attention_rate"],
+        hparams["attn_scale"],
+        hparams["train_mask"],
+        n_triples=int(analysis.get("n_triples", 100)),
+        triple_seed=int(analysis.get("triple_seed", 42)),
+    )
+    circ = analyze_circuits(arch, params, hparams["attention_rate"], hparams["attn_scale"], opts)
+    scalars: dict[str, np.ndarray] = dict(core)
+    for k in SCALAR_CIRCUIT_FIELDS:
+        scalars[k] = circ[k]
+    code = classify(core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], opts)
+    scalars["circular"] = core["circularity"] >= opts.circular_threshold
+    scalars["algorithm_code"] = code
+    scalars["algorithm"] = np.asarray([ALGORITHMS[c] for c in code])
+    arrays = {k: v for k, v in circ.items() if k not in SCALAR_CIRCUIT_FIELDS}
+    n_slots = circ["circle_frequency"].shape[1]
+    for i in range(1, n_slots + 1):
+        for name, field in CIRCLE_COLUMN_FIELDS.items():
+            scalars[f"circle{i}_{name}"] = circ[field][:, i - 1]
+    return scalars, arrays

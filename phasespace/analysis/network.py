@@ -1,0 +1,158 @@
+"""The vectorized analysis pass: every circuit metric for every network of a population.
+
+Each metric in :mod:`phasespace.analysis.metrics` is a pure per-network function; here they are
+composed per network and ``jit(vmap(...))``-ed over the run axis R. The same code runs on trained
+populations and on imported reference checkpoints (a population of one).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phasespace.analysis import faults, metrics
+from phasespace.models.fast import logits_table
+from phasespace.models.registry import embed_method, embedding_tables, make_model
+from phasespace.models.transformer import TransformerArch
+from phasespace.tasks import all_pairs
+from phasespace.training.step import cross_entropy
+
+METRICS = (
+    "loss",
+    "accuracy",
+    "gradient_symmetricity",
+    "gradient_symmetricity_zero_grads",
+    "distance_irrelevance",
+    "distance_irrelevance_largest_wrong",
+    "circularity",
+    "param_norm",
+    "degenerate",
+)
+"""Per-network fields returned by :func:`analyze_population` (besides split-wise accuracy/loss)."""
+
+
+def _triple_tokens(arch: TransformerArch, triples: np.ndarray) -> np.ndarray:
+    a, b = triples[:, 0], triples[:, 1]
+    cols = [a, b + arch.p if arch.diff_vocab else b]
+    if arch.eqn_sign:
+        cols.append(np.full_like(a, arch.vocab - 1))
+    return np.stack(cols, axis=1).astype(np.int32)
+
+
+def analyze_network(
+    arch: TransformerArch,
+    params: Any,
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    train_mask: jax.Array,
+    tokens: jax.Array,
+    labels: jax.Array,
+    triple_tokens: jax.Array,
+    triple_classes: jax.Array,
+    fast: bool = True,
+) -> dict[str, jax.Array]:
+    """All SPEC §5.1–5.3, §5.6 metrics of one network (vmap over the run axis for a population).
+
+    Args:
+        arch: static architecture (width may be a padded bucket width).
+        params: one network's Flax parameters.
+        attention_rate, attn_scale: float32 scalars.
+        train_mask: bool (p²,), the network's training pairs.
+        tokens, labels: the full table (p², n_ctx), (p²,).
+        triple_tokens, triple_classes: the gradient-symmetricity sample, (S, n_ctx) and (S,).
+        fast: compute the logit table by the exact fast path when the bucket allows it
+            (:func:`phasespace.models.fast.logits_table`).
+
+    Returns:
+        dict of scalars: ``loss``/``accuracy`` (all p² pairs), ``train_loss``, ``test_loss``,
+        ``train_accuracy``, ``test_accuracy`` (float32 from int32 counts, exactly 1.0 when
+        perfect), ``gradient_symmetricity`` (SPEC §5.1) and ``gradient_symmetricity_zero_grads``
+        (int32), ``distance_irrelevance`` and ``distance_irrelevance_largest_wrong`` (§5.2),
+        ``circularity`` (§5.3), ``param_norm`` (L2), and ``degenerate`` (int32 bit mask of
+        :data:`phasespace.analysis.faults.FLAGS`; metrics undefined for a degenerate network are NaN).
+    """
+    model = make_model(arch)
+    p = arch.p
+    logits = logits_table(arch, params, attention_rate, attn_scale, tokens, fast)
+    losses = cross_entropy(logits, labels)
+    correct = jnp.argmax(logits, axis=-1) == labels
+    n = labels.shape[0]
+    n_tr = jnp.sum(train_mask)
+    n_te = n - n_tr
+    tr_c = jnp.sum(correct & train_mask)
+    te_c = jnp.sum(correct & ~train_mask)
+
+    emb = model.apply(params, triple_tokens, method=embed_method(arch))
+
+    def logit_of(e: jax.Array) -> jax.Array:
+        return model.apply(params, e[None], attention_rate, attn_scale, method="from_embeddings")[0]
+
+    gs, zero = metrics.gradient_symmetricity(logit_of, emb, triple_classes)
+    table_a, _ = embedding_tables(arch, params)
+    out = {
+        "loss": jnp.mean(losses),
+        "accuracy": jnp.sum(correct) / n,
+        "train_loss": jnp.sum(jnp.where(train_mask, losses, 0.0)) / n_tr,
+        "test_loss": jnp.sum(jnp.where(train_mask, 0.0, losses)) / jnp.maximum(n_te, 1),
+        "train_accuracy": tr_c / n_tr,
+        "test_accuracy": te_c / jnp.maximum(n_te, 1),
+        "gradient_symmetricity": gs,
+        "gradient_symmetricity_zero_grads": zero,
+        "distance_irrelevance": metrics.distance_irrelevance(logits, p),
+        "distance_irrelevance_largest_wrong": metrics.distance_irrelevance_largest_wrong(logits, p),
+        "circularity": metrics.circularity(table_a),
+        "param_norm": metrics.param_norm(params),
+    }
+    correct_logit = metrics.correct_logits(logits, p)
+    flags = faults.degeneracy_flags(params, logits, correct_logit, table_a, zero, triple_classes.shape[0])
+    return faults.flag_degenerate(out, flags)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(arch: TransformerArch, fast: bool = True):
+    fn = functools.partial(analyze_network, arch, fast=fast)
+    return jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, 0, None, None, None, None)))
+
+
+def analyze_population(
+    arch: TransformerArch,
+    params: Any,
+    attention_rate: Any,
+    attn_scale: Any,
+    train_mask: Any,
+    n_triples: int = 100,
+    triple_seed: int = 42,
+    fast: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`analyze_network` for R networks in one jitted, vmapped call.
+
+    Args:
+        arch: the bucket architecture.
+        params: parameter tree with leaves (R, ...).
+        attention_rate, attn_scale: (R,) float32.
+        train_mask: (R, p²) bool.
+        n_triples, triple_seed: the gradient-symmetricity sample (SPEC §5.1 reference sample:
+            100 triples, ``random.Random(42)``).
+        fast: the exact fast logit table where the bucket allows it; False forces the plain model.
+
+    Returns:
+        dict of NumPy arrays of shape (R,).
+    """
+    tokens, labels = all_pairs(arch.task)
+    triples = metrics.reference_triples(arch.p, n_triples, triple_seed)
+    with jax.default_matmul_precision("highest"):
+        out = _compiled(arch, fast)(
+            params,
+            jnp.asarray(attention_rate, jnp.float32),
+            jnp.asarray(attn_scale, jnp.float32),
+            jnp.asarray(train_mask, bool),
+            jnp.asarray(tokens),
+            jnp.asarray(labels),
+            jnp.asarray(_triple_tokens(arch, triples)),
+            jnp.asarray(triples[:, 2]),
+        )
+    return {k: np.asarray(v) for k, v in out.items()}

@@ -1,0 +1,93 @@
+"""Final parameters of a sweep's buckets, saved beside its table so ``phasespace analyze`` can
+recompute every metric later without retraining.
+
+One file per bucket, ``<sweep>/params/<bucket key>.npz`` (written atomically), holding:
+
+* ``param:<path>`` — each parameter leaf with its run axis, (R, ...) float32, at the bucket width
+  (``<path>`` is the '/'-joined Flax path, e.g. ``param:params/blocks_0/W_Q``);
+* ``index`` (R,) int64 — each network's row in ``runs.csv``;
+* ``hp:attention_rate``, ``hp:attn_scale`` (R,) float32 and ``hp:train_mask`` (R, p²) bool — the
+  per-network data the analysis needs;
+* ``arch`` — the bucket architecture as JSON (:func:`phasespace.models.registry.arch_to_dict`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from phasespace.io import store
+from phasespace.models.registry import Arch, arch_from_dict, arch_to_dict
+
+PARAMS_DIR = "params"
+HP_FIELDS = ("attention_rate", "attn_scale", "train_mask")
+
+
+class BucketParams(NamedTuple):
+    """A bucket's saved final state: ``key``, ``arch``, ``index`` (R,), ``params`` (leaves
+    (R, ...)) and ``hparams`` (:data:`HP_FIELDS`, leading axis R)."""
+
+    key: str
+    arch: Arch
+    index: np.ndarray
+    params: Any
+    hparams: dict[str, np.ndarray]
+
+
+def save_bucket_params(
+    sweep_dir: str,
+    key: str,
+    arch: Arch,
+    index: Sequence[int],
+    params: Any,
+    hparams: Mapping[str, Any],
+) -> str:
+    """Write one bucket's final parameters (see the module docstring); returns the path."""
+    arrays: dict[str, np.ndarray] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        arrays[f"param:{name}"] = np.asarray(leaf)
+    arrays["index"] = np.asarray(index, np.int64)
+    for k in HP_FIELDS:
+        arrays[f"hp:{k}"] = np.asarray(hparams[k])
+    arrays["arch"] = np.asarray(json.dumps(arch_to_dict(arch), sort_keys=True))
+    path = os.path.join(sweep_dir, PARAMS_DIR, f"{key}.npz")
+    store.write_npz(path, arrays)
+    return path
+
+
+def load_bucket_params(path: str) -> BucketParams:
+    """Read a file written by :func:`save_bucket_params`.
+
+    Raises:
+        FileNotFoundError: if ``path`` is missing; KeyError naming a missing field.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    for need in ("index", "arch"):
+        if need not in files:
+            raise KeyError(f"{path}: field {need!r} missing; not a phasespace params file")
+    params: dict[str, Any] = {}
+    for name, arr in files.items():
+        if not name.startswith("param:"):
+            continue
+        node = params
+        parts = name[len("param:") :].split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = arr
+    arch = arch_from_dict(json.loads(str(files["arch"])))
+    hparams = {k: files[f"hp:{k}"] for k in HP_FIELDS}
+    key = os.path.splitext(os.path.basename(path))[0]
+    return BucketParams(key, arch, files["index"], params, hparams)
+
+
+def list_bucket_params(sweep_dir: str) -> list[str]:
+    """Paths of the saved bucket parameter files of a sweep (sorted)."""
+    return sorted(glob.glob(os.path.join(sweep_dir, PARAMS_DIR, "*.npz")))

@@ -1,0 +1,274 @@
+"""Figures drawn with matplotlib (Agg backend), written atomically as PNG."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from phasespace.io.store import write_bytes
+from phasespace.phase.diagram import bin_label
+
+
+def save_figure(fig: plt.Figure, path: str, dpi: int = 120) -> None:
+    """Render ``fig`` to PNG and write it atomically; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def plot_metrics_vs_attention_rate(
+    runs: Mapping[str, np.ndarray], path: str, title: str = "", circular_threshold: float = 0.995
+) -> None:
+    """Two panels against the attention rate α: gradient symmetricity and distance irrelevance
+    (correct logit and largest-wrong variant). Each network is a point (filled if circular,
+    i.e. circularity ≥ ``circular_threshold``); the line is the mean per α.
+
+    Args:
+        runs: runs-table columns (R,): ``attention_rate``, ``gradient_symmetricity``,
+            ``distance_irrelevance``, ``distance_irrelevance_largest_wrong``, ``circularity``.
+        path: output PNG path.
+    """
+    alpha = np.asarray(runs["attention_rate"], dtype=float)
+    circ = np.asarray(runs.get("circularity", np.ones_like(alpha)), dtype=float) >= circular_threshold
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = [
+        ("gradient_symmetricity", "gradient symmetricity", [("gradient_symmetricity", "C0")]),
+        (
+            "distance_irrelevance",
+            "distance irrelevance",
+            [("distance_irrelevance", "C1"), ("distance_irrelevance_largest_wrong", "C2")],
+        ),
+    ]
+    levels = np.unique(alpha)
+    for ax, (_, ylabel, series) in zip(axes, panels, strict=True):
+        for key, color in series:
+            if key not in runs:
+                continue
+            y = np.asarray(runs[key], dtype=float)
+            label = key.replace("_", " ")
+            ax.scatter(alpha[circ], y[circ], s=18, color=color, alpha=0.8, label=f"{label} (circular)")
+            ax.scatter(
+                alpha[~circ],
+                y[~circ],
+                s=18,
+                facecolors="none",
+                edgecolors=color,
+                alpha=0.8,
+                label=f"{label} (not circular)",
+            )
+            if len(levels) <= 50:
+                means = [
+                    np.nanmean(y[alpha == a]) if np.any(np.isfinite(y[alpha == a])) else np.nan
+                    for a in levels
+                ]
+                ax.plot(levels, means, color=color, lw=1.5)
+        ax.set_xlabel("attention rate α")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].axhline(0.98, color="gray", ls=":", lw=1)
+    axes[1].axhline(0.6, color="gray", ls=":", lw=1)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+_LABEL_OF_METRIC = {
+    "gradient_symmetricity": "symmetric",
+    "distance_irrelevance": "distance_dependent",
+    "distance_irrelevance_largest_wrong": "distance_dependent_largest_wrong",
+}
+_NAME = {
+    "gradient_symmetricity": "gradient symmetricity",
+    "distance_irrelevance": "distance irrelevance",
+    "distance_irrelevance_largest_wrong": "distance irrelevance (largest wrong)",
+    "circularity": "circularity",
+}
+
+
+def plot_alpha_panels(
+    runs: Mapping[str, np.ndarray],
+    path: str,
+    select: np.ndarray | None = None,
+    irrelevance_key: str = "distance_irrelevance_largest_wrong",
+    symmetric_threshold: float = 0.98,
+    irrelevance_threshold: float = 0.6,
+    title: str = "",
+) -> None:
+    """The paper's fixed-width panels: (α, distance irrelevance) coloured by gradient
+    symmetricity, and (α, gradient symmetricity) coloured by distance irrelevance.
+
+    Args:
+        runs: runs-table columns (R,): ``attention_rate``, ``gradient_symmetricity`` and
+            ``irrelevance_key``.
+        path: output PNG path.
+        select: bool (R,), the networks drawn (e.g. one width bin, circular only); default all.
+        irrelevance_key: which distance-irrelevance variant (SPEC §5.2); the published figures
+            and tables use the largest-wrong variant.
+        symmetric_threshold, irrelevance_threshold: drawn as dotted lines (SPEC §5.7).
+    """
+    alpha = np.asarray(runs["attention_rate"], dtype=float)
+    gs = np.asarray(runs["gradient_symmetricity"], dtype=float)
+    di = np.asarray(runs[irrelevance_key], dtype=float)
+    sel = np.ones(alpha.shape, bool) if select is None else np.asarray(select, bool)
+    sel = sel & np.isfinite(alpha) & np.isfinite(gs) & np.isfinite(di)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = [
+        (di, gs, _NAME[irrelevance_key], "gradient symmetricity", "viridis", irrelevance_threshold),
+        (gs, di, "gradient symmetricity", _NAME[irrelevance_key], "viridis_r", symmetric_threshold),
+    ]
+    for ax, (y, c, ylabel, clabel, cmap, th) in zip(axes, panels, strict=True):
+        sc = ax.scatter(alpha[sel], y[sel], c=c[sel], cmap=cmap, s=10, alpha=0.85, linewidths=0)
+        fig.colorbar(sc, ax=ax, label=clabel)
+        ax.axhline(th, color="gray", ls=":", lw=1)
+        ax.set_xlabel("attention rate α")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title} ({int(sel.sum())} networks)" if title else f"{int(sel.sum())} networks")
+    save_figure(fig, path)
+
+
+def plot_phase_width(
+    runs: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray],
+    path: str,
+    subset: str = "circular",
+    metrics: tuple[str, ...] = ("gradient_symmetricity", "distance_irrelevance_largest_wrong"),
+    circular_threshold: float = 0.995,
+    title: str = "",
+) -> None:
+    """Phase diagram over (attention rate, width): each network a point at (α, d_model) on a
+    log-width axis, coloured by a metric (one panel per metric), with the fitted transition
+    α*(width) of the metric's label (SPEC §6) per width bin (± standard error).
+
+    Args:
+        runs: runs-table columns (R,): ``attention_rate``, ``d_model``, ``circularity`` and
+            ``metrics``.
+        arrays: :func:`phasespace.phase.diagram.phase_arrays` of the same networks (for α* and the bins).
+        path: output PNG path.
+        subset: ``"all"`` or ``"circular"`` (networks drawn, and whose α* is drawn).
+        metrics: metrics to colour by; those absent from ``runs`` are left out.
+    """
+    alpha = np.asarray(runs["attention_rate"], dtype=float)
+    width = np.asarray(runs["d_model"], dtype=float)
+    circ = np.asarray(runs["circularity"], dtype=float) >= circular_threshold
+    sel = circ if subset == "circular" else np.ones(alpha.shape, bool)
+    metrics = tuple(m for m in metrics if m in runs)
+    w_edges = np.asarray(arrays["edges__d_model_bin"], dtype=float)
+    w_coord = np.asarray(arrays["coord__d_model_bin"], dtype=float)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        v = np.asarray(runs[m], dtype=float)
+        ok = sel & np.isfinite(v)
+        cmap = "viridis" if m == "gradient_symmetricity" else "viridis_r"
+        sc = ax.scatter(alpha[ok], width[ok], c=v[ok], cmap=cmap, s=10, alpha=0.85, linewidths=0)
+        fig.colorbar(sc, ax=ax, label=_NAME.get(m, m))
+        label = _LABEL_OF_METRIC.get(m)
+        key = f"transition__{subset}__{label}"
+        if label and f"{key}__alpha_star" in arrays:
+            a_star = np.asarray(arrays[f"{key}__alpha_star"], dtype=float)
+            se = np.asarray(arrays[f"{key}__se"], dtype=float)
+            good = np.isfinite(a_star) & (a_star >= -0.5) & (a_star <= 1.5)
+            ax.errorbar(
+                a_star[good],
+                w_coord[good],
+                xerr=np.where(np.isfinite(se[good]), se[good], 0.0),
+                color="red",
+                marker="o",
+                ms=5,
+                lw=1.5,
+                capsize=3,
+                label="α* (logistic fit per width bin)",
+            )
+            ax.legend(fontsize=7, loc="lower right")
+        for e in w_edges:
+            ax.axhline(e, color="gray", lw=0.5, alpha=0.4)
+        ax.set_yscale("log", base=2)
+        ax.set_yticks(w_edges, [f"{e:.4g}" for e in w_edges])
+        ax.minorticks_off()
+        lo, hi = w_edges[0], w_edges[-1]
+        ax.set_ylim(lo / 1.05, hi * 1.05 if hi > lo else lo * 1.1)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("attention rate α")
+        ax.set_ylabel("width d_model")
+        ax.set_title(_NAME.get(m, m), fontsize=10)
+    n = int(sel.sum())
+    fig.suptitle(f"{title} ({n} {subset} networks)" if title else f"{n} {subset} networks")
+    save_figure(fig, path)
+
+
+def phase_figures(
+    runs: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray],
+    fig_dir: str,
+    options: Mapping[str, float] | None = None,
+    title: str = "",
+) -> list[str]:
+    """All phase-diagram figures of a sweep (or a published table) into ``fig_dir``.
+
+    * ``alpha_panels_d<lo>-<hi>_<subset>.png``: :func:`plot_alpha_panels` per width bin, for all
+      and for circular networks;
+    * ``phase_width_<subset>.png``: :func:`plot_phase_width` (when there is more than one width
+      bin or the width axis varies).
+
+    Args:
+        runs: runs-table columns (R,).
+        arrays: :func:`phasespace.phase.diagram.phase_arrays` of ``runs``.
+        options: thresholds (``circular_threshold``, ``symmetric_threshold``,
+            ``irrelevance_threshold``); default the SPEC values.
+
+    Returns:
+        The written paths.
+    """
+    opts = {"circular_threshold": 0.995, "symmetric_threshold": 0.98, "irrelevance_threshold": 0.6}
+    opts.update({k: v for k, v in (options or {}).items() if k in opts})
+    width = np.asarray(runs["d_model"], dtype=float)
+    circ = np.asarray(runs["circularity"], dtype=float) >= opts["circular_threshold"]
+    edges = np.asarray(arrays["edges__d_model_bin"], dtype=float)
+    irr = (
+        "distance_irrelevance_largest_wrong"
+        if "distance_irrelevance_largest_wrong" in runs
+        else "distance_irrelevance"
+    )
+    paths = []
+    for b in range(len(edges) - 1):
+        lo, hi = edges[b], edges[b + 1]
+        in_bin = (width >= lo) & ((width < hi) | ((b == len(edges) - 2) & (width == hi)))
+        if not in_bin.any():
+            continue
+        wlabel = bin_label(arrays, "d_model_bin", b).replace("–", "-")
+        for subset, sel in (("all", in_bin), ("circular", in_bin & circ)):
+            path = os.path.join(fig_dir, f"alpha_panels_d{wlabel}_{subset}.png")
+            plot_alpha_panels(
+                runs,
+                path,
+                select=sel,
+                irrelevance_key=irr,
+                symmetric_threshold=opts["symmetric_threshold"],
+                irrelevance_threshold=opts["irrelevance_threshold"],
+                title=f"{title} d_model {wlabel.replace('-', '–')}, {subset}".strip(),
+            )
+            paths.append(path)
+    for subset in ("all", "circular"):
+        path = os.path.join(fig_dir, f"phase_width_{subset}.png")
+        plot_phase_width(
+            runs,
+            arrays,
+            path,
+            subset=subset,
+            metrics=("gradient_symmetricity", irr),
+            circular_threshold=opts["circular_threshold"],
+            title=title,
+        )
+        paths.append(path)
+    return paths

@@ -1,0 +1,86 @@
+"""The networks of a sweep: each one's per-network settings, the static training recipe of a
+bucket, and the expansion of a validated spec into its networks (deterministic, no JAX)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from phasespace.defaults import PRECISIONS
+
+STATIC_AXES = ("model", "p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
+"""Axes that change the compiled program: networks differing in them go to different buckets."""
+
+INT_AXES = ("p", "n_layers", "n_heads", "d_model", "seed", "data_seed")
+BOOL_AXES = ("diff_vocab", "eqn_sign")
+FLOAT_AXES = ("attention_rate", "lr", "weight_decay", "train_fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Static training recipe (SPEC §4); part of the compiled program."""
+
+    steps: int = 20_000
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    precision: str = "float32"
+    fast: bool = True
+    """Use the exact per-vocabulary computation (:mod:`phasespace.models.fast`) when the bucket
+    allows it (1 layer, no equals token); False forces the plain Flax model."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: must be one of {PRECISIONS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """One network's per-network settings (everything that is data, not shape).
+
+    Attributes:
+        seed: PRNG seed of the initial weights (``jax.random.key(seed)``).
+        data_seed: seed of the train/test split (:func:`phasespace.tasks.train_mask`).
+        attention_rate: α ∈ [0, 1] (SPEC §2).
+        d_model: true width (≤ the bucket width).
+        lr: peak learning rate.
+        weight_decay: decoupled AdamW weight decay (scaled by the scheduled lr, SPEC §4).
+        train_fraction: fraction f of the p² pairs used for training.
+    """
+
+    seed: int
+    attention_rate: float
+    d_model: int
+    data_seed: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 2.0
+    train_fraction: float = 0.8
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """One network of a sweep: its index (row of the runs table) and every axis value."""
+
+    index: int
+    values: Mapping[str, Any]
+
+    def spec(self) -> NetworkSpec:
+        v = self.values
+        return NetworkSpec(
+            seed=int(v["seed"]),
+            data_seed=None if int(v["data_seed"]) < 0 else int(v["data_seed"]),
+            attention_rate=float(v["attention_rate"]),
+            d_model=int(v["d_model"]),
+            lr=float(v["lr"]),
+            weight_decay=float(v["weight_decay"]),
+            train_fraction=float(v["train_fraction"]),
+        )
+
+    def static_key(self) -> tuple[Any, ...]:
+        return tuple(self.values[k] for k in STATIC_AXES)

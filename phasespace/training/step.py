@@ -1,0 +1,277 @@
+"""Training (SPEC §4): loss, optimizer and the vmapped, scanned step of a whole population.
+
+``train_chunk`` is a ``lax.scan`` over K full-batch AdamW steps of one network; the population
+program maps it over the run axis R — ``jit(vmap(train_chunk))`` (:func:`compiled_chunk`), or, as
+:func:`train_population` runs it, sharded over devices in groups that fit each device
+(:mod:`phasespace.training.program`). Per-network learning rate, weight decay, attention rate, softmax scale
+and train split are data, so one program serves a whole grid. The host touches arrays only
+between chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from phasespace.models.fast import logits_table
+from phasespace.models.transformer import TransformerArch
+from phasespace.spec.networks import Recipe
+from phasespace.tasks import all_pairs
+
+"""Matmul precision modes: exact float32 (default), TF32 and bf16 (opt-in, SPEC §4)."""
+
+
+# --------------------------------------------------------------------------------------------- #
+# Loss (SPEC §4)
+
+
+@jax.custom_vjp
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross-entropy −log softmax(logits)[label], accurate in float32 at any margin.
+
+    Computed as (m − l_y) + log1p(Σ_{j≠argmax} exp(l_j − m)) with m = max l, so a loss of 1e-13
+    (margin 30) keeps its relative precision instead of rounding to 0 as ``logsumexp − l_y`` does
+    in float32. The gradient is softmax − onehot with the label's entry computed as
+    −Σ_{j≠y} softmax_j, so the correct class keeps its (tiny) gradient and each row sums to ~0 —
+    the same as the reference's float64 loss (SPEC §4), without enabling x64.
+
+    Args:
+        logits: float32 (..., V).
+        labels: int32 (...), values in [0, V).
+
+    Returns:
+        float32 (...): the loss of each example, in nats.
+    """
+    return _ce_fwd(logits, labels)[0]
+
+
+def _ce_fwd(logits: jax.Array, labels: jax.Array):
+    # Σ_{j≠argmax} exp(l_j − m) = Σ_{l_j<m} exp(l_j − m) + (number of tied maxima − 1): the same
+    # sum as excluding the argmax entry, without a (slow on CPU) variadic argmax reduction.
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    is_top = logits == m
+    e = jnp.exp(logits - m)
+    n_top = jnp.sum(is_top, axis=-1, dtype=jnp.int32)
+    rest = jnp.sum(jnp.where(is_top, 0.0, e), axis=-1) + (n_top - 1).astype(logits.dtype)
+    label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    loss = (m[..., 0] - label_logit) + jnp.log1p(rest)
+    return loss, (e, rest, labels, label_logit - m[..., 0])
+
+
+def _ce_bwd(res, g):
+    e, rest, labels, label_gap = res
+    total = 1.0 + rest  # Σ_j exp(l_j − m)
+    # Σ_{j≠y} exp(l_j − m): exactly ``rest`` when the label is a maximum (so a loss of 1e-13 keeps
+    # its gradient); otherwise total − exp(l_y − m) ≥ total / 2, without cancellation.
+    others = jnp.where(label_gap >= 0, rest, total - jnp.exp(label_gap)) / total
+    is_label = jax.lax.broadcasted_iota(jnp.int32, e.shape, e.ndim - 1) == labels[..., None]
+    grad = jnp.where(is_label, -others[..., None], e / total[..., None])
+    return grad * g[..., None], None
+
+
+cross_entropy.defvjp(_ce_fwd, _ce_bwd)
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, axis=-1)`` (first index of the maximum), as a max and a min reduction.
+
+    Args:
+        logits: float (..., V).
+
+    Returns:
+        int32 (...): the smallest index j with logits[..., j] equal to the row maximum.
+    """
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    idx = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == m, idx, logits.shape[-1]), axis=-1)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Optimizer (SPEC §4)
+
+
+def warmup_schedule(lr: jax.Array | float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """Reference warm-up: optimizer step t (t = 0, 1, …) uses lr · min(t / warmup_steps, 1).
+
+    The first update (t = 0) therefore has rate 0 and is a no-op. ``warmup_steps = 0`` gives a
+    constant rate.
+    """
+    if warmup_steps <= 0:
+        return lambda count: jnp.asarray(lr, jnp.float32) * jnp.ones_like(count, jnp.float32)
+    return lambda count: lr * jnp.minimum(count.astype(jnp.float32) / warmup_steps, 1.0)
+
+
+def make_optimizer(
+    lr: jax.Array | float,
+    weight_decay: jax.Array | float,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-8,
+    warmup_steps: int = 10,
+) -> optax.GradientTransformation:
+    """AdamW of the reference recipe (SPEC §4): optax ``adamw`` whose decoupled weight decay is
+    scaled by the scheduled rate (θ ← θ − lr_t·wd·θ − lr_t·m̂/(√v̂ + eps), as PyTorch's AdamW).
+
+    ``lr`` and ``weight_decay`` may be traced per-network scalars (the optimizer is built inside
+    the vmapped step).
+    """
+    return optax.adamw(
+        learning_rate=warmup_schedule(lr, warmup_steps),
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+    )
+
+
+# --------------------------------------------------------------------------------------------- #
+# The scanned, vmapped step
+
+
+class TrainState(NamedTuple):
+    """State of one network (the population stacks a leading run axis on every leaf).
+
+    Attributes:
+        params: Flax parameter tree, float32.
+        opt_state: optax AdamW state.
+        step: int32, optimizer steps taken.
+        first_full_train: int32, first step count at which train accuracy was 1.0 (−1: never).
+        first_full_test: int32, same for test accuracy.
+        collapsed: bool, test accuracy fell below 1.0 after having reached it.
+        nonfinite_step: int32, step at which the loss, the parameters or the AdamW moments
+            became NaN/inf; the network is frozen from then on at its last finite parameters and
+            optimizer state (−1: never).
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    first_full_train: jax.Array
+    first_full_test: jax.Array
+    collapsed: jax.Array
+    nonfinite_step: jax.Array
+
+
+HISTORY_FIELDS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+
+
+def table(arch: TransformerArch) -> tuple[jax.Array, jax.Array]:
+    """All p² inputs and labels of the bucket's task, on device: int32 (p², n_ctx) and (p²,)."""
+    tokens, labels = all_pairs(arch.task)
+    return jnp.asarray(tokens), jnp.asarray(labels)
+
+
+def evaluate(
+    arch: TransformerArch,
+    params: Any,
+    hp: dict[str, jax.Array],
+    tokens: jax.Array,
+    labels: jax.Array,
+    fast: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One network over the full table: train loss and split statistics.
+
+    ``fast`` selects the exact fast path for 1-layer, two-token buckets
+    (:func:`phasespace.models.fast.logits_table`).
+
+    Returns:
+        ``(train_loss, stats)``: float32 scalar mean cross-entropy over the training pairs, and a
+        dict with ``test_loss``, ``train_correct``/``test_correct`` (int32 counts),
+        ``train_accuracy``/``test_accuracy`` (float32, exactly 1.0 when perfect) and ``logits``
+        (p², V).
+    """
+    logits = logits_table(arch, params, hp["attention_rate"], hp["attn_scale"], tokens, fast)
+    mask = hp["train_mask"]
+    losses = cross_entropy(logits, labels)
+    n_tr = jnp.sum(mask)
+    n_te = mask.shape[0] - n_tr
+    train_loss = jnp.sum(jnp.where(mask, losses, 0.0)) / n_tr
+    test_loss = jnp.sum(jnp.where(mask, 0.0, losses)) / jnp.maximum(n_te, 1)
+    correct = first_argmax(logits) == labels
+    tr_c = jnp.sum(correct & mask).astype(jnp.int32)
+    te_c = jnp.sum(correct & ~mask).astype(jnp.int32)
+    stats = {
+        "test_loss": test_loss,
+        "train_correct": tr_c,
+        "test_correct": te_c,
+        "train_accuracy": tr_c / n_tr,
+        "test_accuracy": te_c / jnp.maximum(n_te, 1),
+        "logits": logits,
+    }
+    return train_loss, stats
+
+
+def init_state(recipe: Recipe, params: Any, hp: dict[str, jax.Array]) -> TrainState:
+    """Fresh :class:`TrainState` of one network (vmap it for a population)."""
+    tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
+    minus1 = jnp.int32(-1)
+    return TrainState(params, tx.init(params), jnp.int32(0), minus1, minus1, jnp.bool_(False), minus1)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def train_chunk(
+    arch: TransformerArch,
+    recipe: Recipe,
+    n_steps: int,
+    state: TrainState,
+    hp: dict[str, jax.Array],
+    tokens: jax.Array,
+    labels: jax.Array,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``n_steps`` full-batch AdamW steps of one network (a ``lax.scan``).
+
+    The loss and accuracies of each step are those of the parameters *before* that step's update
+    (one forward over all p² pairs yields both the gradient and the held-out accuracy).
+
+    Returns:
+        ``(state, history)``: the advanced state and float32 arrays of shape (n_steps,) for each
+        of :data:`HISTORY_FIELDS`.
+    """
+    tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
+    grad_fn = jax.value_and_grad(lambda p: evaluate(arch, p, hp, tokens, labels, recipe.fast), has_aux=True)
+
+    def step(s: TrainState, _):
+        (loss, st), grads = grad_fn(s.params)
+        updates, opt_state = tx.update(grads, s.opt_state, s.params)
+        params = optax.apply_updates(s.params, updates)
+        alive = s.nonfinite_step < 0
+        ok = jnp.isfinite(loss) & _all_finite(params) & _all_finite(opt_state)
+        keep = alive & ok
+        params = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), params, s.params)
+        opt_state = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), opt_state, s.opt_state)
+        full_tr = st["train_accuracy"] >= 1.0
+        full_te = st["test_accuracy"] >= 1.0
+        new = TrainState(
+            params=params,
+            opt_state=opt_state,
+            step=s.step + 1,
+            first_full_train=jnp.where(
+                (s.first_full_train < 0) & full_tr & alive, s.step, s.first_full_train
+            ),
+            first_full_test=jnp.where((s.first_full_test < 0) & full_te & alive, s.step, s.first_full_test),
+            collapsed=s.collapsed | ((s.first_full_test >= 0) & ~full_te & alive),
+            nonfinite_step=jnp.where(alive & ~ok, s.step, s.nonfinite_step),
+        )
+        hist = {
+            "train_loss": loss,
+            "test_loss": st["test_loss"],
+            "train_accuracy": st["train_accuracy"].astype(jnp.float32),
+            "test_accuracy": st["test_accuracy"].astype(jnp.float32),
+        }
+        return new, hist
+
+    return jax.lax.scan(step, state, None, length=n_steps)
+
+
+@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
+def compiled_init(recipe: Recipe):
+    return jax.jit(jax.vmap(functools.partial(init_state, recipe)))
