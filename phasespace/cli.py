@@ -87,10 +87,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from phasespace.io import store
     from phasespace.phase import compare
 
-    tables = args.table or [
-        os.path.join(args.reference_dir, "1l_fixedwidth.csv"),
-        os.path.join(args.reference_dir, "1l_varywidth.csv"),
-    ]
+    tables = args.table or compare.published_tables(args.reference_dir)
     filters = {
         "n_layers": args.n_layers,
         "act": None if args.act == "any" else args.act,
@@ -114,7 +111,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print("\n" + "=" * 100 + "\n")
         print(compare.format_comparison(c))
         if args.out:
-            stem = os.path.splitext(os.path.basename(t.rstrip("/")))[0]
+            stem = os.path.splitext(os.path.basename(t.rstrip("/")).removesuffix(".gz"))[0]
             rows = compare.comparison_rows(c)
             if rows:
                 store.write_csv(os.path.join(args.out, f"alpha_star_vs_{stem}.csv"), list(rows[0]), rows)
@@ -139,9 +136,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
+    from phasespace.io.reference import find_reference_dir
     from phasespace.sweep.reference import evaluate_reference_dir
 
-    rows = evaluate_reference_dir(args.dir, out_csv=args.out)
+    rows = evaluate_reference_dir(args.dir or find_reference_dir(), out_csv=args.out)
     cols = [
         "run",
         "attention_rate",
@@ -186,8 +184,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import os
 
+    from phasespace.io.reference import find_reference_dir
     from phasespace.sweep.reanalyze import analyze_sweep, is_reference_folder, write_reference_analysis
 
+    args.dir = args.dir or find_reference_dir()
     if is_reference_folder(args.dir):
         out = args.out or os.path.join("runs", "reference")
         rows = write_reference_analysis(args.dir, out)
@@ -241,14 +241,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options of benchmarks/bench.py (see --help)")
     bench.set_defaults(fn=_cmd_bench)
     ref = sub.add_parser("reference", help="evaluate the paper's released transformer checkpoints")
-    ref.add_argument("dir", nargs="?", default="../shared/reference", help="folder of <runid>.npz/.json")
+    ref.add_argument(
+        "dir", nargs="?", help="folder of <runid>.npz/.json (default: the repository's data/reference)"
+    )
     ref.add_argument("--out", help="write the table as CSV here")
     ref.set_defaults(fn=_cmd_reference)
     ana = sub.add_parser(
         "analyze",
         help="recompute every metric of a finished sweep (in place) or of a folder of reference checkpoints",
     )
-    ana.add_argument("dir", help="a sweep directory, or a folder of <runid>.npz/.json checkpoints")
+    ana.add_argument(
+        "dir",
+        nargs="?",
+        help="a sweep directory, or a folder of <runid>.npz/.json checkpoints (default: data/reference)",
+    )
     ana.add_argument("--out", help="for a checkpoint folder: output directory (default runs/reference)")
     ana.set_defaults(fn=_cmd_analyze)
     cmp = sub.add_parser(
@@ -259,9 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument(
         "--table",
         action="append",
-        help="table to compare with (repeatable; default: the two published tables in --reference-dir)",
+        help="table to compare with (repeatable; default: the two published tables)",
     )
-    cmp.add_argument("--reference-dir", default="../shared/reference", help="folder of the published tables")
+    cmp.add_argument(
+        "--reference-dir", help="folder of the published tables (default: the copies shipped with phasespace)"
+    )
     cmp.add_argument("--n-layers", type=int, default=1, help="keep this depth (default 1)")
     cmp.add_argument(
         "--act", default="relu", choices=["relu", "gelu", "any"], help="activation (default relu)"

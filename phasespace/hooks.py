@@ -1,5 +1,5 @@
 """Named points of a sweep where an observer is told what is happening: the documented hook for
-progress tools and for fault-injection tests (``tests/e2e/kill_driver.py`` kills the process at
+progress tools and for fault-injection tests (``tests/helpers/kill_driver.py`` kills the process at
 these points to test resume).
 
 Events and the keyword arguments they carry:

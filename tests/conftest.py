@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the reference data and small helpers."""
+"""Shared fixtures: paths to the reference data (the repository's data/reference; the environment
+variable PHASESPACE_REFERENCE overrides) and small helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "reference"),
 )
 
 

@@ -1,5 +1,6 @@
 """Reference checkpoints in: the paper's released PyTorch state_dicts, converted to ``.npz``
-(``../shared/reference/``), loaded into the engine's parameter layout."""
+(the repository's ``data/reference/``, :func:`find_reference_dir`), loaded into the engine's
+parameter layout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,39 @@ import numpy as np
 
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
 from phasespace.models.transformer import TransformerArch
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The folder holding the ``phasespace`` package: the repository in a checkout."""
+
+
+def reference_dir_candidates() -> list[str]:
+    """Where :func:`find_reference_dir` looks, in order: the repository's ``data/reference``
+    (next to the package), then ``../shared/reference`` next to the repository and from the
+    working directory."""
+    found = [
+        os.path.join(REPOSITORY, "data", "reference"),
+        os.path.join(os.path.dirname(REPOSITORY), "shared", "reference"),
+        os.path.abspath(os.path.join("..", "shared", "reference")),
+    ]
+    return list(dict.fromkeys(os.path.normpath(p) for p in found))
+
+
+def find_reference_dir() -> str:
+    """The folder of the released checkpoints (``<runid>.npz`` + ``<runid>.json``), the default of
+    ``phasespace reference`` and ``phasespace analyze``.
+
+    Raises:
+        FileNotFoundError: if no candidate (:func:`reference_dir_candidates`) is a folder, naming
+            them and the argument to pass instead.
+    """
+    candidates = reference_dir_candidates()
+    for path in candidates:
+        if os.path.isdir(path):
+            return path
+    raise FileNotFoundError(
+        "reference checkpoints not found in " + " or ".join(candidates) + " (they are not installed "
+        "with the package: run from a checkout, or pass the folder, e.g. phasespace reference DIR)"
+    )
 
 
 class CheckpointError(ValueError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import gzip
 import io
 import json
 import os
@@ -137,9 +138,10 @@ def _fmt(v: Any) -> str:
 
 
 def read_csv(path: str) -> dict[str, np.ndarray]:
-    """Read a runs table into columns: numeric columns as float64/int64 arrays, ``true``/
-    ``false`` as bool, anything else as str."""
-    with open(path, newline="") as f:
+    """Read a runs table (``.csv``, or gzipped ``.csv.gz``) into columns: numeric columns as
+    float64/int64 arrays, ``true``/``false`` as bool, anything else as str."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
     out: dict[str, np.ndarray] = {}

@@ -23,7 +23,7 @@ Per pair this costs 2·H·(d_mlp + V) multiply-adds of mixing, the nonlinearity 
 d_mlp → V product (or d_mlp → d → V), instead of every projection on p² rows
 (:mod:`phasespace.population.flops` counts both). The mixing has a hand-written backward pass (one
 contraction per cotangent). The result equals the plain model's to float32
-rounding: ``tests/test_fast.py`` checks logits and gradients for ReLU and GeLU, α ∈ {0, 0.3, 1},
+rounding: ``tests/models/test_fast.py`` checks logits and gradients for ReLU and GeLU, α ∈ {0, 0.3, 1},
 padded and unpadded buckets and the separate operand vocabulary.
 """
 

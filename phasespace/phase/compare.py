@@ -1,8 +1,9 @@
 """Comparing a sweep with the paper's published sweep tables (or any two tables) (SPEC §5.2, §6).
 
 Both sides are read into the engine's runs-table columns by :func:`load_table`, which accepts a
-sweep directory (its ``runs.csv``), an engine ``runs.csv`` or a published table
-(``../shared/reference/1l_*.csv``). Published columns are renamed::
+sweep directory (its ``runs.csv``), an engine ``runs.csv`` or a published table (shipped with the
+package, gzipped: :func:`published_tables`, ``phasespace/data/1l_*.csv.gz``). Published columns
+are renamed::
 
     attn_coeff → attention_rate     C → p                 act_fn → act (lower case)
     gradient_sim → gradient_symmetricity                  circularity → circularity
@@ -74,12 +75,37 @@ PRINTED = (
 
 _SHORT_STATUS = {0: "", 1: "sep.", 2: "1 class", 3: "none"}
 
+PUBLISHED_TABLES = ("1l_fixedwidth.csv", "1l_varywidth.csv")
+"""The paper's two published sweep tables (SPEC §6), by file name."""
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+"""The package data folder: the published tables, gzipped (``<name>.gz``)."""
+
+
+def published_tables(folder: str | None = None) -> list[str]:
+    """Paths of the two published tables (:data:`PUBLISHED_TABLES`).
+
+    Args:
+        folder: read them from this folder instead (``<name>`` or ``<name>.gz``); by default the
+            gzipped copies shipped with the package (:data:`DATA_DIR`), found from any directory.
+
+    Returns:
+        one path per table, for :func:`load_table`.
+    """
+    if folder is None:
+        return [os.path.join(DATA_DIR, f"{name}.gz") for name in PUBLISHED_TABLES]
+    paths = []
+    for name in PUBLISHED_TABLES:
+        path = os.path.join(folder, name)
+        paths.append(path if os.path.exists(path) or not os.path.exists(f"{path}.gz") else f"{path}.gz")
+    return paths
+
 
 def load_table(path: str) -> dict[str, np.ndarray]:
     """Read a sweep directory, an engine ``runs.csv`` or a published table into engine columns.
 
     Args:
-        path: a directory holding ``runs.csv``, or a CSV file.
+        path: a directory holding ``runs.csv``, or a CSV file (gzipped if it ends in ``.gz``).
 
     Returns:
         columns (R,): at least ``attention_rate``, ``d_model``, ``n_layers``, ``act`` (str),

@@ -8,7 +8,7 @@ with a leading run axis, fed to one compiled step.
 Each network is initialised *at its true width* from its own seed (so its weights do not depend
 on the bucket or on the other networks) and zero-padded to the bucket width D. With no LayerNorm
 the padded entries get exactly zero gradient, Adam moments and weight decay, so the padded network
-computes the same function and trains identically (tests/test_population.py).
+computes the same function and trains identically (tests/population/test_buckets.py).
 """
 
 from __future__ import annotations

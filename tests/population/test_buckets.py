@@ -22,7 +22,7 @@ from phasespace.training.step import Recipe, evaluate, table
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "reference"),
 )
 
 

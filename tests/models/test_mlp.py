@@ -21,7 +21,7 @@ from phasespace.training.loop import train_population
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "reference"),
 )
 BETA_RUNS = ("amw6ox6bzn", "p71frej8t7")
 DELTA_RUNS = ("7r4zst7evs", "qlvxqhkvit")

@@ -18,7 +18,7 @@ from phasespace.tasks import Task, all_pairs, train_mask
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "reference"),
 )
 MODEL_A, MODEL_B = "p99zdpze5l", "l8k1hzciux"
 

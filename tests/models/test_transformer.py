@@ -2,11 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpy_reference import forward
 
 from phasespace.models.transformer import Transformer, TransformerArch
 from phasespace.population.stack import attn_scale, init_params
 from phasespace.tasks import Task, all_pairs
+from tests.helpers.numpy_reference import forward
 
 
 def _one(params):

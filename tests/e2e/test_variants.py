@@ -26,7 +26,7 @@ from phasespace.tasks import all_pairs
 
 REFERENCE_DIR = os.environ.get(
     "PHASESPACE_REFERENCE",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "reference"),
 )
 
 

@@ -14,7 +14,8 @@ from phasespace.io.store import read_csv
 from phasespace.training import placement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+WORKER = os.path.join(ROOT, "tests", "helpers", "parallel_worker.py")
 
 
 def _env() -> dict[str, str]:
@@ -35,7 +36,7 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
     histories and metrics, to float32 rounding (XLA may split reductions differently)."""
     procs = {
         n: subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "parallel_worker.py"), str(n), str(tmp_path / f"d{n}.npz")],
+            [sys.executable, WORKER, str(n), str(tmp_path / f"d{n}.npz")],
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,5 @@
-"""`phasespace compare` against the published sweep tables: SPEC §6 counts and α*, self-comparison."""
+"""`phasespace compare` against the published sweep tables (the gzipped copies shipped with the
+package): SPEC §6 counts and α*, self-comparison."""
 
 import os
 
@@ -9,16 +10,11 @@ from phasespace.cli import main
 from phasespace.io import store
 from phasespace.phase import compare, diagram
 
-REFERENCE_DIR = os.environ.get(
-    "PHASESPACE_REFERENCE",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
-)
-
 
 def _table(name):
-    path = os.path.join(REFERENCE_DIR, name)
+    path = os.path.join(compare.DATA_DIR, f"{name}.gz")
     if not os.path.exists(path):
-        pytest.fail(f"published table not found at {path} (set PHASESPACE_REFERENCE)")
+        pytest.fail(f"published table not shipped with the package: {path} missing")
     return path
 
 

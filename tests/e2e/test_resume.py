@@ -39,8 +39,8 @@ from phasespace.spec.parse import parse_spec
 from phasespace.sweep.run import run_sweep
 from phasespace.training.step import TrainState
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DRIVER = os.path.join(REPO, "tests", "kill_driver.py")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DRIVER = os.path.join(REPO, "tests", "helpers", "kill_driver.py")
 
 SPEC = """\
 name = "tiny"

@@ -1,6 +1,6 @@
-"""Run ``phasespace run`` in this process and SIGKILL it at a chosen point (for tests/test_resume.py).
+"""Run ``phasespace run`` in this process and SIGKILL it at a chosen point (for tests/e2e/test_resume.py).
 
-Usage: ``python tests/kill_driver.py KILL SPEC OUT`` where KILL is one of
+Usage: ``python tests/helpers/kill_driver.py KILL SPEC OUT`` where KILL is one of
 
 * ``none``: run to completion;
 * ``chunk:<step>``: right after the chunk that ends at <step> (after its checkpoint, if one is

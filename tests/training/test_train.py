@@ -3,12 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from numpy_reference import cross_entropy as ce64
 
 from phasespace.models.transformer import TransformerArch
 from phasespace.population.stack import NetworkSpec, build_population
 from phasespace.training.loop import train_population
 from phasespace.training.step import Recipe, cross_entropy, make_optimizer
+from tests.helpers.numpy_reference import cross_entropy as ce64
 
 
 @pytest.mark.parametrize("margin", [5.0, 10.0, 17.0, 20.0, 25.0, 30.0])

@@ -1,4 +1,4 @@
-"""Subprocess worker for tests/test_parallel.py: train and analyse a tiny population on N CPU
+"""Subprocess worker for tests/e2e/test_parallel.py: train and analyse a tiny population on N CPU
 devices and save the results (run as ``python parallel_worker.py N OUT.npz [GROUP_SIZE]``)."""
 
 import sys
