@@ -55,6 +55,7 @@ import numpy as np
 
 from phasespace.defaults import (
     ACTIVATIONS,
+    ATTENTION_FAMILIES,
     CIRCULAR_THRESHOLD,
     DI_METRICS,
     DISTANCE_IRRELEVANCE_THRESHOLD,
@@ -452,6 +453,19 @@ def _values(v: Any) -> list[Any]:
 
 def _check_combinations(spec: SweepSpec) -> None:
     a = spec.axes
+    models = _values(a["model"])
+    alpha = a["attention_rate"]
+    if not any(m in ATTENTION_FAMILIES for m in models) and (
+        isinstance(alpha, dict)
+        or any(v != AXES["attention_rate"] for v in _values(alpha))
+        or len(_values(alpha)) > 1
+    ):
+        shown = list(alpha) if isinstance(alpha, tuple) else alpha
+        raise SpecError(
+            f"axes.attention_rate={shown!r}: no model of this spec "
+            f"(axes.model={models}) has attention, so it has no attention rate (families with attention: "
+            f"{list(ATTENTION_FAMILIES)}); remove axes.attention_rate"
+        )
     if any(m != "transformer" for m in _values(a["model"])):
         needs = {"n_layers": 1, "act": "relu", "diff_vocab": False, "eqn_sign": False}
         for k, want in needs.items():
