@@ -25,8 +25,11 @@ A spec has four tables::
 ``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
 ``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
 width = ``d_model``, 256 in the paper; they need n_layers = 1, act = "relu", no diff_vocab /
-eqn_sign, and ignore n_heads and attention_rate). ``train.b2`` and ``train.warmup_steps`` default
-to the family's recipe (transformer 0.98 / 10, MLP 0.999 / 0, SPEC §4).
+eqn_sign, and ignore n_heads; they have no attention, so no attention rate: their runs-table
+``attention_rate`` is NaN, the attention-rate axis is collapsed for them (one network per
+combination of the other axes) and a spec whose models all lack attention may not set it).
+``train.b2`` and ``train.warmup_steps`` default to the family's recipe (transformer 0.98 / 10,
+MLP 0.999 / 0, SPEC §4).
 
 Grid axes are crossed (Cartesian product, in the order of :data:`AXES`); distribution axes are
 drawn independently for each of ``sampling.n`` networks per grid point. Distributions:
