@@ -52,10 +52,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{'d.i. (lw)':>9} {'circular':>8}"
     )
     warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN groups print nan
-    for a in np.unique(alpha):
-        sel = alpha == a
+    for a in np.unique(alpha):  # NaN once: the networks of families without attention
+        sel = np.isnan(alpha) if np.isnan(a) else alpha == a
+        name = f"{a:14.3f}" if np.isfinite(a) else f"{'none':>14}"
         print(
-            f"{a:14.3f} {sel.sum():3d} {np.nanmean(runs['test_accuracy'][sel]):9.4f} "
+            f"{name} {sel.sum():3d} {np.nanmean(runs['test_accuracy'][sel]):9.4f} "
             f"{np.nanmean(runs['gradient_symmetricity'][sel]):9.4f} "
             f"{np.nanmean(runs['distance_irrelevance'][sel]):9.4f} "
             f"{np.nanmean(runs['distance_irrelevance_largest_wrong'][sel]):9.4f} "

@@ -14,11 +14,16 @@ are renamed::
     epoch → steps                   diff_vocab, eqn_sign 0/1 → bool
 
 so each metric is compared with its own variant. Rows are then filtered (:func:`select`) to one
-architecture (default: 1 layer, ReLU, standard tokens) and to rows with finite gradient
+architecture (default: the transformer, 1 layer, ReLU, standard tokens) and to rows with finite gradient
 symmetricity and circularity (the published tables leave failed or unfinished runs empty); with
 these filters the published tables give the run counts of SPEC §6 (2381 / 817 circular at
 d_model = 128 from ``1l_fixedwidth.csv``; 296/130, 283/110, 301/115, 314/111 in the width bins
 32–63 … 256–511 of ``1l_varywidth.csv``).
+
+Each side is one family after :func:`select` (its phase arrays have a ``family`` dimension of
+size 1, pooled over the recipe settings, e.g. the modulus p, that :func:`compare` reports in its
+notes when they differ). Attention-rate rows use the half-open bins of
+:func:`phasespace.phase.diagram.bin_index` (α = 0.6 is in the 0.60–0.70 row).
 """
 
 from __future__ import annotations
@@ -73,7 +78,16 @@ PRINTED = (
 )
 """Binned means printed side by side by :func:`format_comparison`."""
 
-_SHORT_STATUS = {0: "", 1: "sep.", 2: "1 class", 3: "none"}
+_SHORT_STATUS = {
+    "fitted": "",
+    "no trend": "flat",
+    "separable": "sep.",
+    "one class": "1 class",
+    "one α value": "1 α",
+    "too few": "none",
+    "failed": "failed",
+}
+"""Short form of each :data:`phasespace.phase.diagram.STATUS` name in the α* table."""
 
 PUBLISHED_TABLES = ("1l_fixedwidth.csv", "1l_varywidth.csv")
 """The paper's two published sweep tables (SPEC §6), by file name."""
@@ -131,6 +145,7 @@ def load_table(path: str) -> dict[str, np.ndarray]:
         if need not in cols:
             raise ValueError(f"{csv_path}: no column {need!r} (nor its published name); not a runs table")
     n = len(cols["attention_rate"])
+    cols.setdefault("model", np.asarray(["transformer"] * n))
     cols.setdefault("n_layers", np.ones(n, np.int64))
     cols.setdefault("act", np.asarray(["relu"] * n))
     cols["act"] = np.char.lower(np.asarray(cols["act"], dtype=str))
@@ -149,6 +164,7 @@ def load_table(path: str) -> dict[str, np.ndarray]:
 
 def select(
     runs: Mapping[str, np.ndarray],
+    model: str | None = "transformer",
     n_layers: int | None = 1,
     act: str | None = "relu",
     diff_vocab: bool | None = False,
@@ -159,7 +175,8 @@ def select(
 
     Args:
         runs: columns from :func:`load_table`.
-        n_layers, act, diff_vocab, eqn_sign: keep rows equal to these (None: no filter).
+        model, n_layers, act, diff_vocab, eqn_sign: keep rows equal to these (None: no filter;
+            a table without a ``model`` column holds transformers).
         require: metric columns that must be finite (rows with empty metrics are skipped).
 
     Returns:
@@ -170,12 +187,13 @@ def select(
     n = len(runs["attention_rate"])
     arch = np.ones(n, bool)
     for key, want in (
+        ("model", model),
         ("n_layers", n_layers),
         ("act", act),
         ("diff_vocab", diff_vocab),
         ("eqn_sign", eqn_sign),
     ):
-        if want is not None:
+        if want is not None and (key != "model" or key in runs):
             arch &= np.asarray(runs[key]) == want
     ok = arch.copy()
     for k in require:
@@ -194,7 +212,8 @@ class Comparison:
     Attributes:
         names: the two sources (paths).
         counts: per side, the :func:`select` counts.
-        arrays: per side, :func:`phasespace.phase.diagram.phase_arrays` over shared bins.
+        arrays: per side, :func:`phasespace.phase.diagram.phase_arrays` over shared bins, one
+            family (``group_by=()``: the filters of :func:`select` fix the architecture).
         diff: ``binned__*__mean`` and ``transition__*__alpha_star`` arrays of side 0 minus side 1,
             for keys present on both sides.
         options: the phase options used (shared bin edges).
@@ -248,13 +267,16 @@ def compare(
         else [1.0, 2.0]
     )
     opts.update(options or {})
-    pa = diagram.phase_arrays(sa, opts)
-    pb = diagram.phase_arrays(sb, opts)
+    pa = diagram.phase_arrays(sa, opts, group_by=())
+    pb = diagram.phase_arrays(sb, opts, group_by=())
     diff = {}
     for k in pa:
         if k in pb and (k.endswith("__mean") or k.endswith("__alpha_star")):
             diff[k] = pa[k] - pb[k]
     notes = []
+    for side, x in zip("AB", (sa, sb), strict=True):
+        if "p" in x and len(np.unique(np.asarray(x["p"]))) > 1:
+            notes.append(f"{side} pools several moduli p: {_values(np.unique(np.asarray(x['p'])))}")
     for key in RECIPE_COLUMNS:
         if key in sa and key in sb:
             va, vb = (np.unique(np.asarray(x[key])) for x in (sa, sb))
@@ -296,8 +318,8 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
     }
     for subset in subsets:
         for wi in range(len(w_edges) - 1):
-            na = pa[f"binned__{subset}__gradient_symmetricity__count"][wi]
-            nb = pb[f"binned__{subset}__gradient_symmetricity__count"][wi]
+            na = pa[f"binned__{subset}__gradient_symmetricity__count"][0, wi]
+            nb = pb[f"binned__{subset}__gradient_symmetricity__count"][0, wi]
             if na.sum() == 0 and nb.sum() == 0:
                 continue
             lines.append("")
@@ -317,8 +339,8 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
                 row = f"{a_edges[ai]:6.2f}–{a_edges[ai + 1]:<7.2f} {na[ai]:5d} {nb[ai]:5d}"
                 for m in metrics:
                     t = short[m]
-                    va = pa[f"binned__{subset}__{m}__mean"][wi, ai]
-                    vb = pb[f"binned__{subset}__{m}__mean"][wi, ai]
+                    va = pa[f"binned__{subset}__{m}__mean"][0, wi, ai]
+                    vb = pb[f"binned__{subset}__{m}__mean"][0, wi, ai]
                     row += f" | {_fmt(va, max(7, len(t) + 2))} {_fmt(vb)} {_fmt(va - vb)}"
                 lines.append(row)
     lines.append("")
@@ -336,10 +358,11 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
                     continue
                 cells = []
                 for p in (pa, pb):
-                    a_star, se = p[f"{key}__alpha_star"][wi], p[f"{key}__se"][wi]
-                    st = int(p[f"{key}__status"][wi])
-                    s = _fmt(a_star, 6) + (f" ±{se:.3f}" if np.isfinite(se) else f" {_SHORT_STATUS[st]:>6}")
-                    cells.append((int(p[f"{key}__n"][wi]), s, a_star))
+                    a_star, se = p[f"{key}__alpha_star"][0, wi], p[f"{key}__se"][0, wi]
+                    st = str(p[f"{key}__status"][0, wi])
+                    short = _SHORT_STATUS.get(st, st)
+                    s = _fmt(a_star, 6) + (f" ±{se:.3f}" if np.isfinite(se) else f" {short:>6}")
+                    cells.append((int(p[f"{key}__n"][0, wi]), s, a_star))
                 if cells[0][0] == 0 and cells[1][0] == 0:
                     continue
                 lines.append(
@@ -369,7 +392,7 @@ def comparison_rows(c: Comparison) -> list[dict[str, Any]]:
                 }
                 for side, p in zip("AB", (pa, pb), strict=True):
                     for f in diagram.TRANSITION_FIELDS:
-                        row[f"{f}_{side}"] = p[f"{key}__{f}"][wi]
+                        row[f"{f}_{side}"] = p[f"{key}__{f}"][0, wi]
                 row["alpha_star_diff"] = row["alpha_star_A"] - row["alpha_star_B"]
                 rows.append(row)
     return rows

@@ -2,12 +2,18 @@
 
 Arrays are plain NumPy with named axes: an array ``X`` comes with a list of axis names and one
 coordinate vector per axis (stored as ``axes`` and ``coord__<axis>`` in ``phase.npz``).
+
+Network families are never pooled: the binned statistics and transitions of :func:`phase_arrays`
+carry a leading ``family`` dimension (one entry per distinct combination of
+:data:`FAMILY_AXES`), and the grid arrays of :func:`grid_arrays` are laid out over every grid
+axis, family axes included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,6 +54,10 @@ def grid_arrays(
         metrics: columns to lay out.
         reduce_axis: axis averaged over for the ``__mean``/``__std``/``__count``/``__nan``
             arrays (usually ``seed``); if absent, the reduced arrays equal the full ones.
+
+    The arrays are laid out over every grid axis, so networks of different families (``model``,
+    ``p``, … when they are grid axes) are never averaged together. Families without attention
+    have ``attention_rate`` NaN: NaN is then one coordinate of that axis (sorted last).
 
     Returns:
         dict with ``axes`` (str array), ``coord__<axis>`` (sorted unique values), each metric
@@ -114,7 +124,14 @@ MAX_DISTINCT = 12
 ALPHA_AXIS = "attention_rate"
 WIDTH_AXIS = "d_model"
 BIN_DIMS = (f"{WIDTH_AXIS}_bin", f"{ALPHA_AXIS}_bin")
-"""Axis names of the binned arrays (``binned__*``) of :func:`phase_arrays`."""
+"""The two binned axes of :func:`phase_arrays` (after its leading :data:`FAMILY_DIM`)."""
+
+FAMILY_DIM = "family"
+"""Leading dimension of the binned and transition arrays of :func:`phase_arrays`."""
+
+FAMILY_AXES = ("model", "p", "n_layers", "act", "diff_vocab", "eqn_sign")
+"""The columns that define a network family: networks differing in any of them are never
+pooled into one phase statistic (``phase_arrays(group_by=...)``)."""
 
 SUBSETS = ("all", "circular")
 """Network subsets of the binned arrays: every network with finite metrics, and the circular
@@ -144,11 +161,42 @@ BIN_METRICS = (
 
 STATS = ("mean", "std", "count", "nan")
 
-TRANSITION_FIELDS = ("alpha_star", "se", "slope", "intercept", "n", "n_positive", "n_skipped", "status")
-"""Per width bin, from :func:`fit_transition`."""
+TRANSITION_FIELDS = (
+    "alpha_star",
+    "se",
+    "slope",
+    "intercept",
+    "p_value",
+    "n",
+    "n_positive",
+    "n_skipped",
+    "status",
+)
+"""Per family and width bin, from :func:`fit_transition`."""
 
-STATUS = {0: "fitted", 1: "separable", 2: "one class", 3: "too few"}
-"""``status`` codes of a transition fit."""
+STATUS = ("fitted", "no trend", "separable", "one class", "one α value", "too few", "failed")
+"""The ``status`` names of a transition fit (stored by name, as strings, in ``phase.npz``):
+
+* ``fitted``: α* = −intercept/slope with its delta-method standard error;
+* ``no trend``: the slope is zero or not significantly different from 0 (likelihood-ratio
+  p-value ≥ :data:`TREND_LEVEL`); α* NaN, the coefficients and p-value are reported;
+* ``separable``: the classes are (quasi-)completely separated along α, so the maximum-likelihood
+  fit does not exist; α* is the midpoint of the gap between the classes (the limit of the
+  boundary as the fit diverges), se NaN;
+* ``one class``: every label equal; ``one α value``: both classes but a single distinct α (no
+  boundary can be placed); ``too few``: fewer than :data:`MIN_POINTS` networks; α* NaN;
+* ``failed``: the fit raised or did not converge (a warning names the cause); α* NaN.
+"""
+
+TREND_LEVEL = 0.05
+"""A fit whose slope has a likelihood-ratio p-value ≥ this is reported as ``"no trend"``."""
+
+MIN_POINTS = 2
+"""Fewer networks than this in a bin: status ``"too few"``."""
+
+EDGE_TOL = 1e-9
+"""Relative tolerance of :func:`bin_index`: a value less than ``EDGE_TOL · (edges[-1] −
+edges[0])`` below an edge counts as on the edge."""
 
 
 def _distinct_edges(values: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +210,9 @@ def _distinct_edges(values: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarr
 def bin_edges(values: np.ndarray, spec: Any, axis: str) -> tuple[np.ndarray, np.ndarray]:
     """Bin edges and coordinates for one axis.
 
-    Bin i holds values in [edges[i], edges[i+1]); the last bin also holds edges[-1].
+    Bin i holds values in [edges[i], edges[i+1]); the last bin also holds edges[-1] (see
+    :func:`bin_index` for the tolerance at the edges). n equal bins have edges k/n computed as
+    ``arange(n + 1) / n``, so an attention rate written as 0.3 is exactly on edge 3 of 10.
 
     Args:
         values: (R,) the axis values of the networks (NaNs ignored).
@@ -190,7 +240,8 @@ def bin_edges(values: np.ndarray, spec: Any, axis: str) -> tuple[np.ndarray, np.
         hi = int(np.floor(np.log2(v.max()))) + 1
         edges = 2.0 ** np.arange(lo, hi + 1)
     elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        edges = np.linspace(0.0, 1.0, int(spec) + 1)
+        n = int(spec)  # integer arithmetic: edge k is k/n, the double nearest to k/n
+        edges = np.arange(n + 1, dtype=np.float64) / n
     else:
         edges = np.asarray(spec, dtype=np.float64)
     coords = np.sqrt(edges[1:] * edges[:-1]) if log else (edges[1:] + edges[:-1]) / 2
@@ -228,12 +279,21 @@ def bin_label(arrays: Mapping[str, np.ndarray], dim: str, i: int) -> str:
 
 
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value: int64 (R,), i with edges[i] ≤ v < edges[i+1] (the last bin closed),
-    −1 outside the edges or NaN."""
+    """Bin of each value: int64 (R,), −1 outside the edges or NaN.
+
+    The rule: with ``tol = EDGE_TOL · (edges[-1] − edges[0])``, value v is in bin i iff
+    ``edges[i] − tol ≤ v < edges[i+1] − tol`` (half-open bins; a value within ``tol`` below an
+    edge counts as on it, so 0.3, 3·0.1 = 0.30000000000000004 and 0.7 − 0.4 =
+    0.29999999999999993 all land in the bin starting at 0.3), and the last bin is closed: it also
+    holds ``edges[-1] − tol ≤ v ≤ edges[-1] + tol``. With 10 equal bins on [0, 1], α = 0, 0.1, …,
+    0.8 land one per bin 0…8 and bin 9 holds 0.9 and 1.0.
+    """
     v = np.asarray(values, dtype=np.float64)
-    idx = np.searchsorted(edges, v, side="right") - 1
-    n = len(edges) - 1
-    idx = np.where(v == edges[-1], n - 1, idx)
+    e = np.asarray(edges, dtype=np.float64)
+    n = len(e) - 1
+    tol = EDGE_TOL * float(e[-1] - e[0])
+    idx = np.searchsorted(e - tol, v, side="right") - 1
+    idx = np.where((idx == n) & (v <= e[-1] + tol), n - 1, idx)
     return np.where(np.isfinite(v) & (idx >= 0) & (idx < n), idx, -1).astype(np.int64)
 
 
@@ -305,126 +365,188 @@ def classify(
 
 @dataclasses.dataclass(frozen=True)
 class Transition:
-    """A fitted transition: P(label = 1 | α) = σ(intercept + slope · α) (SPEC §5.7, §6).
+    """A transition fit: P(label = 1 | α) = σ(intercept + slope · α) (SPEC §5.7, §6).
 
     Attributes:
-        alpha_star: α* with P = 0.5, −intercept/slope (for ``status`` "separable": the midpoint
-            of the gap between the classes, the limit of the boundary as the unregularised fit
-            diverges); NaN for "one class" / "too few".
-        se: standard error of α* by the delta method from the inverse Fisher information (NaN
-            unless fitted).
-        slope, intercept: the coefficients (NaN unless fitted).
+        alpha_star: α* with P = 0.5, −intercept/slope (status ``"fitted"``); for ``"separable"``
+            the midpoint of the gap between the classes; NaN otherwise.
+        se: standard error of α* by the delta method from the fit's covariance (the inverse
+            Fisher information); NaN unless fitted.
+        slope, intercept: the maximum-likelihood coefficients (``"fitted"`` and ``"no trend"``;
+            NaN otherwise).
+        p_value: likelihood-ratio p-value of slope = 0 (``"fitted"`` and ``"no trend"``).
         n: networks used (finite label and α); n_positive: of them with label 1;
         n_skipped: networks dropped for a NaN label or α.
-        status: 0 fitted, 1 separable, 2 one class, 3 too few (< 2 networks); see :data:`STATUS`.
+        status: one of :data:`STATUS`.
     """
 
     alpha_star: float
     se: float
     slope: float
     intercept: float
+    p_value: float
     n: int
     n_positive: int
     n_skipped: int
-    status: int
+    status: str
 
 
-def _nll(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    z = w[0] + w[1] * x
-    return float(np.sum(np.logaddexp(0.0, z) - y * z))
-
-
-def fit_transition(alpha: np.ndarray, label: np.ndarray, max_iter: int = 200) -> Transition:
+def fit_transition(alpha: np.ndarray, label: np.ndarray, level: float = TREND_LEVEL) -> Transition:
     """Unregularised logistic regression of a 0/1 label on the attention rate (SPEC §6).
 
-    Maximum likelihood by Newton's method with step halving (IRLS), in float64. Networks with a
-    NaN label or α are skipped (counted in ``n_skipped``). If the classes are separable along α
-    (every label-1 α ≤ every label-0 α, or the reverse) the maximum-likelihood estimate does not
-    exist; α* is then the midpoint of the gap between the classes (``status`` 1).
+    Fitted with :class:`statsmodels.discrete.discrete_model.Logit` (Newton, float64); α* =
+    −intercept/slope and its standard error by the delta method. Networks with a NaN label or α
+    are skipped (``n_skipped``). Cases where α* cannot be computed are not errors: they return
+    NaN with a named status (:data:`STATUS`), checked in this order: ``"too few"`` (<
+    :data:`MIN_POINTS` networks), ``"one class"``, ``"one α value"``, ``"separable"`` (every
+    label-1 α ≤ every label-0 α or the reverse: the MLE does not exist; α* is the midpoint of the
+    gap), then the fit: ``"no trend"`` when the slope is 0 or its likelihood-ratio p-value is
+    ≥ ``level``, ``"failed"`` (with a warning) if statsmodels raises or does not converge.
 
     Args:
         alpha: (R,) attention rates.
         label: (R,) 0.0 / 1.0 / NaN.
+        level: significance level of the slope (likelihood-ratio test against a constant).
 
     Returns:
-        :class:`Transition`.
+        :class:`Transition`; never raises for any input of matching length.
     """
-    x = np.asarray(alpha, dtype=np.float64)
-    y = np.asarray(label, dtype=np.float64)
+    x = np.asarray(alpha, dtype=np.float64).ravel()
+    y = np.asarray(label, dtype=np.float64).ravel()
     ok = np.isfinite(x) & np.isfinite(y)
     skipped = int(np.sum(~ok))
     x, y = x[ok], y[ok]
     n, npos = len(x), int(np.sum(y == 1))
     nan = float("nan")
-    if n < 2:
-        return Transition(nan, nan, nan, nan, n, npos, skipped, 3)
+
+    def result(status: str, a_star: float = nan, se: float = nan, b1: float = nan, b0: float = nan,
+               pv: float = nan) -> Transition:  # fmt: skip
+        return Transition(float(a_star), float(se), float(b1), float(b0), float(pv), n, npos, skipped, status)
+
+    if n < MIN_POINTS:
+        return result("too few")
     if npos in (0, n):
-        return Transition(nan, nan, nan, nan, n, npos, skipped, 2)
+        return result("one class")
+    if np.all(x == x[0]):
+        return result("one α value")
     x1, x0 = x[y == 1], x[y == 0]
     if x1.max() <= x0.min() or x0.max() <= x1.min():
         lo, hi = (x1.max(), x0.min()) if x1.max() <= x0.min() else (x0.max(), x1.min())
-        return Transition(float((lo + hi) / 2), nan, nan, nan, n, npos, skipped, 1)
+        return result("separable", a_star=(lo + hi) / 2)
+    from statsmodels.discrete.discrete_model import Logit
+
     X = np.stack([np.ones_like(x), x], axis=1)
-    w = np.zeros(2)
-    f = _nll(w, x, y)
-    for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        g = X.T @ (p - y)
-        H = X.T @ (X * (p * (1 - p))[:, None])
-        step = np.linalg.solve(H, g)
-        t = 1.0
-        while True:
-            w_new = w - t * step
-            f_new = _nll(w_new, x, y)
-            if f_new <= f + 1e-12 * abs(f) or t < 1e-8:
-                break
-            t /= 2
-        done = np.max(np.abs(w_new - w)) < 1e-12 * (1 + np.max(np.abs(w)))
-        w, f = w_new, f_new
-        if done or np.max(np.abs(g)) < 1e-11 * n:
-            break
-    p = 1.0 / (1.0 + np.exp(-(X @ w)))
-    H = X.T @ (X * (p * (1 - p))[:, None])
-    b0, b1 = float(w[0]), float(w[1])
-    a_star = -b0 / b1
     try:
-        cov = np.linalg.inv(H)
-        grad = np.asarray([-1.0 / b1, b0 / b1**2])
-        se = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
-    except np.linalg.LinAlgError:
-        se = nan
-    return Transition(a_star, se, b1, b0, n, npos, skipped, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = Logit(y, X).fit(method="newton", maxiter=100, disp=0)
+        b0, b1 = (float(c) for c in fit.params)
+        cov = np.asarray(fit.cov_params(), dtype=np.float64)
+        pv = float(fit.llr_pvalue)
+        converged = bool(fit.mle_retvals.get("converged", False))
+    except Exception as e:  # a fit that cannot be made is a status, not a crash
+        warnings.warn(
+            f"transition fit failed ({n} networks): {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2
+        )
+        return result("failed")
+    if not converged or not (np.isfinite(b0) and np.isfinite(b1)):
+        warnings.warn(f"transition fit did not converge ({n} networks)", RuntimeWarning, stacklevel=2)
+        return result("failed")
+    if b1 == 0.0 or not pv < level:
+        return result("no trend", b1=b1, b0=b0, pv=pv)
+    grad = np.asarray([-1.0 / b1, b0 / b1**2])
+    var = float(grad @ cov @ grad)
+    se = np.sqrt(var) if np.isfinite(var) and var >= 0 else nan
+    return result("fitted", a_star=-b0 / b1, se=se, b1=b1, b0=b0, pv=pv)
+
+
+def family_index(
+    runs: Mapping[str, np.ndarray], group_by: Sequence[str] = FAMILY_AXES
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The network family of every row: the distinct combinations of the ``group_by`` columns.
+
+    Columns of ``group_by`` absent from ``runs`` are ignored (e.g. ``model`` in a published table).
+
+    Returns:
+        ``(index, families)``: int64 (R,) family of each row, and ``families`` with ``axes`` (the
+        grouping columns used, str), ``label`` (G,) str (``"model=transformer p=59 …"``; ``"all"``
+        when nothing is grouped on) and, per grouping column c, ``c`` (G,) its value. Families are
+        in sorted order of their values (the order is a function of the set of families only).
+    """
+    cols = [c for c in group_by if c in runs]
+    n = len(runs[ALPHA_AXIS]) if ALPHA_AXIS in runs else len(next(iter(runs.values())))
+    fam: dict[str, np.ndarray] = {"axes": np.asarray(cols, dtype=str)}
+    if not cols:
+        fam["label"] = np.asarray(["all"])
+        return np.zeros(n, np.int64), fam
+    uniq, codes = [], []
+    for c in cols:
+        u, inv = np.unique(np.asarray(runs[c]), return_inverse=True)
+        uniq.append(u)
+        codes.append(inv.ravel())
+    combos, index = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    for j, c in enumerate(cols):
+        fam[c] = uniq[j][combos[:, j]]
+    fam["label"] = np.asarray(
+        [" ".join(f"{c}={_fmt_value(fam[c][g])}" for c in cols) for g in range(len(combos))], dtype=str
+    )
+    return index.ravel().astype(np.int64), fam
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def phase_arrays(
     runs: Mapping[str, np.ndarray],
     options: Mapping[str, Any] | None = None,
     sampled: Sequence[str] = (),
+    group_by: Sequence[str] = FAMILY_AXES,
+    labels: Mapping[str, np.ndarray] | None = None,
+    circular: np.ndarray | None = None,
 ) -> dict:
-    """Binned phase diagram over (width, attention rate) with classification and transitions.
+    """Binned phase diagram over (width, attention rate) with classification and transitions,
+    computed separately for every network family.
 
     Works for grid and sampled sweeps alike (and for published tables normalised by
     :func:`phasespace.phase.compare.load_table`).
 
     Args:
-        runs: per-network columns (R,): ``d_model``, ``attention_rate``, ``circularity`` and
-            any of :data:`BIN_METRICS`.
+        runs: per-network columns (R,): ``d_model``, ``attention_rate`` (NaN for families without
+            attention: such networks fall in no α bin and are counted in ``n_skipped``),
+            ``circularity``, any of :data:`BIN_METRICS` and the ``group_by`` columns present.
         options: :data:`phasespace.spec.parse.PHASE_DEFAULTS` fields (missing ones take the defaults).
         sampled: axes drawn from a distribution; for them ``"auto"`` binning never uses
             distinct values (octaves for d_model, 10 bins for the attention rate).
+        group_by: the columns whose distinct combinations are the families
+            (:func:`family_index`); ``()`` pools every network into one family ``"all"``.
+        labels: the 0/1/NaN label columns (name → (R,)) to bin and fit; default
+            :func:`classify` of ``runs`` with the thresholds of ``options``.
+        circular: bool (R,), the ``circular`` subset; default :func:`circular_mask` of ``runs``
+            with ``options["circular_threshold"]``.
 
     Returns:
-        dict of arrays for ``phase.npz``, each family with its axis names under ``dims__<family>``:
+        dict of arrays for ``phase.npz``, each kind with its axis names under ``dims__<kind>``:
 
+        * families (G of them): ``coord__family`` (G,) str labels (``"model=transformer p=23
+          n_layers=1 act=relu diff_vocab=false eqn_sign=false"``), ``family__<column>`` (G,) the
+          value of each grouping column, ``family_axes`` the grouping columns, and
+          ``family__networks`` (G,) networks per family;
         * ``coord__d_model_bin``, ``edges__d_model_bin`` (n_w,), (n_w + 1,); the same for
-          ``attention_rate_bin`` (n_a,);
-        * ``binned__<subset>__<metric>__<stat>``, dims ``("d_model_bin", "attention_rate_bin")``
-          (``dims__binned``), for subset in :data:`SUBSETS`, every present metric of
-          :data:`BIN_METRICS`, every label of :func:`classify` and ``circular`` (labels and
-          ``circular`` as 0/1, so their mean is the fraction), stat in :data:`STATS`;
-        * ``transition__<subset>__<label>__<field>``, dims ``("d_model_bin",)``
-          (``dims__transition``), field in :data:`TRANSITION_FIELDS`, from :func:`fit_transition`
-          of the label on α within each width bin;
+          ``attention_rate_bin`` (n_a,); the bins are shared by every family;
+        * ``binned__<subset>__<metric>__<stat>`` (G, n_w, n_a), dims ``("family",
+          "d_model_bin", "attention_rate_bin")`` (``dims__binned``), for subset in
+          :data:`SUBSETS`, every present metric of :data:`BIN_METRICS`, every label and
+          ``circular`` (labels and ``circular`` as 0/1, so their mean is the fraction), stat in
+          :data:`STATS`;
+        * ``transition__<subset>__<label>__<field>`` (G, n_w), dims ``("family",
+          "d_model_bin")`` (``dims__transition``), field in :data:`TRANSITION_FIELDS`, from
+          :func:`fit_transition` of the label on α within each family and width bin
+          (``status`` as a str array of :data:`STATUS` names);
         * ``options`` (JSON string of the options used).
     """
     opts = dict(PHASE_DEFAULTS)
@@ -439,38 +561,76 @@ def phase_arrays(
     opts["width_bins"] = resolve_bins(width, opts["width_bins"], WIDTH_AXIS)
     opts["alpha_bins"] = resolve_bins(alpha, opts["alpha_bins"], ALPHA_AXIS)
     w_edges, w_coord = bin_edges(width, opts["width_bins"], WIDTH_AXIS)
-    a_edges, a_coord = bin_edges(alpha, opts["alpha_bins"], ALPHA_AXIS)
+    a_edges, a_coord = _alpha_edges(alpha, opts["alpha_bins"])
     wi, ai = bin_index(width, w_edges), bin_index(alpha, a_edges)
-    shape = (len(w_coord), len(a_coord))
+    fam, families = family_index(runs, group_by)
+    n_fam = len(families["label"])
+    shape = (n_fam, len(w_coord), len(a_coord))
     out: dict[str, np.ndarray] = {
-        "dims__binned": np.asarray(BIN_DIMS),
-        "dims__transition": np.asarray(BIN_DIMS[:1]),
+        "dims__binned": np.asarray((FAMILY_DIM, *BIN_DIMS)),
+        "dims__transition": np.asarray((FAMILY_DIM, BIN_DIMS[0])),
+        f"coord__{FAMILY_DIM}": families["label"],
+        "family_axes": families["axes"],
+        "family__networks": np.bincount(fam, minlength=n_fam).astype(np.int64),
         f"coord__{BIN_DIMS[0]}": w_coord,
         f"edges__{BIN_DIMS[0]}": w_edges,
         f"coord__{BIN_DIMS[1]}": a_coord,
         f"edges__{BIN_DIMS[1]}": a_edges,
         "options": np.asarray(json.dumps(opts, sort_keys=True)),
     }
-    circ = circular_mask(runs, opts["circular_threshold"])
-    labels = classify(runs, opts["symmetric_threshold"], opts["irrelevance_threshold"])
+    for c in families["axes"]:
+        out[f"family__{c}"] = families[str(c)]
+    circ = circular_mask(runs, opts["circular_threshold"]) if circular is None else np.asarray(circular, bool)
+    if labels is None:
+        labels = classify(runs, opts["symmetric_threshold"], opts["irrelevance_threshold"])
+    labels = {k: np.asarray(v, dtype=np.float64) for k, v in labels.items()}
     cols: dict[str, np.ndarray] = {m: np.asarray(runs[m], dtype=np.float64) for m in BIN_METRICS if m in runs}
     cols.update(labels)
     circ_col = np.where(np.isfinite(np.asarray(runs["circularity"], dtype=np.float64)), circ, np.nan)
     cols["circular"] = circ_col.astype(np.float64)
     for subset in SUBSETS:
         sel = np.ones(len(width), bool) if subset == "all" else circ
-        idx = (np.where(sel, wi, -1), ai)
+        idx = (fam, np.where(sel, wi, -1), ai)
         for m, v in cols.items():
             for stat, arr in binned_stats(v, idx, shape).items():
                 out[f"binned__{subset}__{m}__{stat}"] = arr
         for name, y in labels.items():
-            fits = []
-            for b in range(shape[0]):
-                in_bin = sel & (wi == b)
-                fits.append(fit_transition(alpha[in_bin], y[in_bin]))
+            fits = [
+                [
+                    fit_transition(alpha[m], y[m])
+                    for m in (sel & (fam == g) & (wi == b) for b in range(shape[1]))
+                ]
+                for g in range(n_fam)
+            ]
             for field in TRANSITION_FIELDS:
-                out[f"transition__{subset}__{name}__{field}"] = np.asarray([getattr(t, field) for t in fits])
+                vals = [[getattr(t, field) for t in row] for row in fits]
+                out[f"transition__{subset}__{name}__{field}"] = np.asarray(
+                    vals, dtype=str if field == "status" else None
+                ).reshape(shape[:2])
     return out
+
+
+def _alpha_edges(alpha: np.ndarray, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bin_edges` of the attention rate; with no finite α at all (every family without
+    attention) one empty bin [0, 1] instead of an error."""
+    if isinstance(spec, str) and not np.any(np.isfinite(alpha)):
+        return np.asarray([0.0, 1.0]), np.asarray([0.5])
+    return bin_edges(alpha, spec, ALPHA_AXIS)
+
+
+def family_slugs(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """A short file-name-safe name per family of :func:`phase_arrays`, from the grouping
+    columns that differ between families (``""`` when there is a single family)."""
+    labels = [str(x) for x in arrays.get(f"coord__{FAMILY_DIM}", np.asarray(["all"]))]
+    if len(labels) <= 1:
+        return [""] * len(labels)
+    axes = [str(c) for c in arrays.get("family_axes", [])]
+    varying = [c for c in axes if len({str(v) for v in arrays[f"family__{c}"]}) > 1]
+    slugs = []
+    for g in range(len(labels)):
+        parts = [f"{c}-{_fmt_value(arrays[f'family__{c}'][g])}" for c in varying] or [f"f{g}"]
+        slugs.append("_".join(parts).replace("/", "-").replace(" ", ""))
+    return slugs
 
 
 def named(arrays: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -491,27 +651,33 @@ def format_transitions(
     subsets: Sequence[str] = SUBSETS,
     labels: Sequence[str] = ("symmetric", "distance_dependent_largest_wrong"),
 ) -> str:
-    """α* per width bin as text (``phasespace run`` prints it): one line per width bin, one
-    column per subset and label, ``α* ± se (n)``."""
+    """α* per family and width bin as text (``phasespace run`` prints it): a block per family,
+    one line per width bin, one column per subset and label, ``α* ± se (n)`` or the status name
+    (``separable`` shows the midpoint α*)."""
     edges = arrays[f"edges__{BIN_DIMS[0]}"]
+    families = [str(x) for x in arrays.get(f"coord__{FAMILY_DIM}", np.asarray(["all"]))]
     labels = [k for k in labels if f"transition__all__{k}__alpha_star" in arrays]
     short = {"symmetric": "grad sym > th", "distance_dependent": "dist irr < th"}
     short["distance_dependent_largest_wrong"] = "dist irr (lw) < th"
     cols = [(s, k) for s in subsets for k in labels]
     head = f"{'d_model':>12} " + " ".join(f"{s + ', ' + short.get(k, k):>28}" for s, k in cols)
-    lines = ["transition attention rate α* per width bin (logistic regression of each label on α)", head]
-    for b in range(len(edges) - 1):
-        name = bin_label(arrays, BIN_DIMS[0], b)
-        cells = []
-        for s, k in cols:
-            key = f"transition__{s}__{k}"
-            a, se, n, st = (arrays[f"{key}__{f}"][b] for f in ("alpha_star", "se", "n", "status"))
-            if int(st) == 0:
-                cell = f"{a:.3f} ± {se:.3f} ({int(n)})"
-            elif int(st) == 1:
-                cell = f"{a:.3f} separable ({int(n)})"
-            else:
-                cell = f"— {STATUS[int(st)]} ({int(n)})"
-            cells.append(f"{cell:>28}")
-        lines.append(f"{name:>12} " + " ".join(cells))
+    lines = ["transition attention rate α* per width bin (logistic regression of each label on α)"]
+    for g, fam in enumerate(families):
+        lines.append(f"family {fam}:")
+        lines.append(head)
+        for b in range(len(edges) - 1):
+            name = bin_label(arrays, BIN_DIMS[0], b)
+            cells = []
+            for s, k in cols:
+                key = f"transition__{s}__{k}"
+                a, se, n, st = (arrays[f"{key}__{f}"][g, b] for f in ("alpha_star", "se", "n", "status"))
+                st = str(st)
+                if st == "fitted":
+                    cell = f"{a:.3f} ± {se:.3f} ({int(n)})"
+                elif st == "separable":
+                    cell = f"{a:.3f} separable ({int(n)})"
+                else:
+                    cell = f"— {st} ({int(n)})"
+                cells.append(f"{cell:>28}")
+            lines.append(f"{name:>12} " + " ".join(cells))
     return "\n".join(lines)

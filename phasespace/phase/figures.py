@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import matplotlib
 
@@ -13,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from phasespace.io.store import write_bytes
-from phasespace.phase.diagram import bin_label
+from phasespace.phase.diagram import FAMILY_AXES, bin_index, bin_label, family_index, family_slugs
 
 
 def save_figure(fig: plt.Figure, path: str, dpi: int = 120) -> None:
@@ -22,6 +24,25 @@ def save_figure(fig: plt.Figure, path: str, dpi: int = 120) -> None:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     write_bytes(path, buf.getvalue())
+
+
+def draw_safely(path: str, plot: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """Call ``plot(*args, path=path, **kwargs)``; if it raises, warn naming the figure (no file
+    is written, the figure is closed) and return False, so one failing figure never stops the
+    other figures or files of a sweep."""
+    before = set(plt.get_fignums())
+    try:
+        plot(*args, path=path, **kwargs)
+        return True
+    except Exception as e:  # a figure is never worth the other results
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+        warnings.warn(
+            f"figure {os.path.basename(path)} not written: {type(e).__name__}: {e}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
 
 
 def plot_metrics_vs_attention_rate(
@@ -146,6 +167,8 @@ def plot_phase_width(
     metrics: tuple[str, ...] = ("gradient_symmetricity", "distance_irrelevance_largest_wrong"),
     circular_threshold: float = 0.995,
     title: str = "",
+    family: int = 0,
+    select: np.ndarray | None = None,
 ) -> None:
     """Phase diagram over (attention rate, width): each network a point at (α, d_model) on a
     log-width axis, coloured by a metric (one panel per metric), with the fitted transition
@@ -158,11 +181,15 @@ def plot_phase_width(
         path: output PNG path.
         subset: ``"all"`` or ``"circular"`` (networks drawn, and whose α* is drawn).
         metrics: metrics to colour by; those absent from ``runs`` are left out.
+        family: the family (index along ``arrays``' ``family`` dimension) whose α* is drawn.
+        select: bool (R,), that family's networks (default all).
     """
     alpha = np.asarray(runs["attention_rate"], dtype=float)
     width = np.asarray(runs["d_model"], dtype=float)
     circ = np.asarray(runs["circularity"], dtype=float) >= circular_threshold
     sel = circ if subset == "circular" else np.ones(alpha.shape, bool)
+    if select is not None:
+        sel = sel & np.asarray(select, bool)
     metrics = tuple(m for m in metrics if m in runs)
     w_edges = np.asarray(arrays["edges__d_model_bin"], dtype=float)
     w_coord = np.asarray(arrays["coord__d_model_bin"], dtype=float)
@@ -176,8 +203,8 @@ def plot_phase_width(
         label = _LABEL_OF_METRIC.get(m)
         key = f"transition__{subset}__{label}"
         if label and f"{key}__alpha_star" in arrays:
-            a_star = np.asarray(arrays[f"{key}__alpha_star"], dtype=float)
-            se = np.asarray(arrays[f"{key}__se"], dtype=float)
+            a_star = np.asarray(arrays[f"{key}__alpha_star"], dtype=float)[family]
+            se = np.asarray(arrays[f"{key}__se"], dtype=float)[family]
             good = np.isfinite(a_star) & (a_star >= -0.5) & (a_star <= 1.5)
             ax.errorbar(
                 a_star[good],
@@ -214,12 +241,17 @@ def phase_figures(
     options: Mapping[str, float] | None = None,
     title: str = "",
 ) -> list[str]:
-    """All phase-diagram figures of a sweep (or a published table) into ``fig_dir``.
+    """All phase-diagram figures of a sweep (or a published table) into ``fig_dir``, per family
+    of ``arrays`` (file names get a ``_<family>`` suffix, e.g. ``_model-mlp_alpha``, when there
+    are several families).
 
     * ``alpha_panels_d<lo>-<hi>_<subset>.png``: :func:`plot_alpha_panels` per width bin, for all
-      and for circular networks;
-    * ``phase_width_<subset>.png``: :func:`plot_phase_width` (when there is more than one width
-      bin or the width axis varies).
+      and for circular networks, when the bin holds networks with a finite α and metrics;
+    * ``phase_width_<subset>.png``: :func:`plot_phase_width`, when the family has more than one
+      distinct width (a single-width sweep has no width plane) and networks to draw.
+
+    No figure is written empty. A figure that raises leaves a warning naming it and the others
+    are still drawn (:func:`draw_safely`).
 
     Args:
         runs: runs-table columns (R,).
@@ -232,43 +264,63 @@ def phase_figures(
     """
     opts = {"circular_threshold": 0.995, "symmetric_threshold": 0.98, "irrelevance_threshold": 0.6}
     opts.update({k: v for k, v in (options or {}).items() if k in opts})
+    alpha = np.asarray(runs["attention_rate"], dtype=float)
     width = np.asarray(runs["d_model"], dtype=float)
     circ = np.asarray(runs["circularity"], dtype=float) >= opts["circular_threshold"]
     edges = np.asarray(arrays["edges__d_model_bin"], dtype=float)
+    wbin = bin_index(width, edges)
     irr = (
         "distance_irrelevance_largest_wrong"
         if "distance_irrelevance_largest_wrong" in runs
         else "distance_irrelevance"
     )
+    gs = np.asarray(runs.get("gradient_symmetricity", np.full(alpha.shape, np.nan)), dtype=float)
+    di = np.asarray(runs.get(irr, np.full(alpha.shape, np.nan)), dtype=float)
+    drawable = np.isfinite(alpha) & np.isfinite(gs) & np.isfinite(di)
+    group_by = [str(c) for c in arrays.get("family_axes", FAMILY_AXES)]
+    fam, _ = family_index(runs, group_by)
+    slugs = family_slugs(arrays)
     paths = []
-    for b in range(len(edges) - 1):
-        lo, hi = edges[b], edges[b + 1]
-        in_bin = (width >= lo) & ((width < hi) | ((b == len(edges) - 2) & (width == hi)))
-        if not in_bin.any():
-            continue
-        wlabel = bin_label(arrays, "d_model_bin", b).replace("–", "-")
-        for subset, sel in (("all", in_bin), ("circular", in_bin & circ)):
-            path = os.path.join(fig_dir, f"alpha_panels_d{wlabel}_{subset}.png")
-            plot_alpha_panels(
-                runs,
+    for g, slug in enumerate(slugs):
+        suffix = f"_{slug}" if slug else ""
+        in_fam = fam == g
+        for b in range(len(edges) - 1):
+            in_bin = in_fam & (wbin == b)
+            wlabel = bin_label(arrays, "d_model_bin", b).replace("–", "-")
+            for subset, sel in (("all", in_bin), ("circular", in_bin & circ)):
+                if not np.any(sel & drawable):
+                    continue
+                path = os.path.join(fig_dir, f"alpha_panels_d{wlabel}_{subset}{suffix}.png")
+                name = f"d_model {wlabel.replace('-', '–')}, {subset}" + (f", {slug}" if slug else "")
+                if draw_safely(
+                    path,
+                    plot_alpha_panels,
+                    runs,
+                    select=sel,
+                    irrelevance_key=irr,
+                    symmetric_threshold=opts["symmetric_threshold"],
+                    irrelevance_threshold=opts["irrelevance_threshold"],
+                    title=f"{title} {name}".strip(),
+                ):
+                    paths.append(path)
+        if len(np.unique(width[in_fam & np.isfinite(width)])) < 2:
+            continue  # a single width: no width plane to draw
+        for subset in ("all", "circular"):
+            sel = in_fam & circ if subset == "circular" else in_fam
+            if not np.any(sel & drawable):
+                continue
+            path = os.path.join(fig_dir, f"phase_width_{subset}{suffix}.png")
+            if draw_safely(
                 path,
-                select=sel,
-                irrelevance_key=irr,
-                symmetric_threshold=opts["symmetric_threshold"],
-                irrelevance_threshold=opts["irrelevance_threshold"],
-                title=f"{title} d_model {wlabel.replace('-', '–')}, {subset}".strip(),
-            )
-            paths.append(path)
-    for subset in ("all", "circular"):
-        path = os.path.join(fig_dir, f"phase_width_{subset}.png")
-        plot_phase_width(
-            runs,
-            arrays,
-            path,
-            subset=subset,
-            metrics=("gradient_symmetricity", irr),
-            circular_threshold=opts["circular_threshold"],
-            title=title,
-        )
-        paths.append(path)
+                plot_phase_width,
+                runs,
+                arrays,
+                subset=subset,
+                metrics=("gradient_symmetricity", irr),
+                circular_threshold=opts["circular_threshold"],
+                title=f"{title} {slug}".strip(),
+                family=g,
+                select=in_fam,
+            ):
+                paths.append(path)
     return paths

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.spec.networks import INT_AXES, Network
 from phasespace.spec.parse import AXES, SweepSpec
 
@@ -28,12 +29,19 @@ def expand(spec: SweepSpec) -> list[Network]:
 
     A sampled axis value of network i depends only on ``sampling.seed`` and i's position, so
     the expansion is reproducible.
+
+    Families without attention (``model`` not in :data:`phasespace.defaults.ATTENTION_FAMILIES`)
+    have no attention rate: their networks take the default ``attention_rate`` (a placeholder
+    the model ignores; the runs table shows NaN) and the attention-rate axis is collapsed, so such
+    a family gets one network per combination of its other axes, not one per α. (Random draws are
+    made as for every network, so the attention families' networks do not depend on it.)
     """
     grid = spec.grid_axes
     sampled = spec.sampled_axes
     fixed = {k: v for k, v in spec.axes.items() if k not in grid and k not in sampled}
     rng = np.random.default_rng(spec.sampling["seed"])
     out: list[Network] = []
+    seen: set[tuple[Any, ...]] = set()
     n_samples = spec.sampling["n"] if sampled else 1
     for combo in itertools.product(*(spec.axes[k] for k in grid)):
         for _ in range(n_samples):
@@ -41,5 +49,11 @@ def expand(spec: SweepSpec) -> list[Network]:
             values.update(zip(grid, combo, strict=True))
             for k in sampled:
                 values[k] = _draw(k, spec.axes[k], rng)
+            if values["model"] not in ATTENTION_FAMILIES:
+                values["attention_rate"] = AXES["attention_rate"]
+                key = tuple(values[k] for k in AXES)
+                if key in seen:
+                    continue
+                seen.add(key)
             out.append(Network(len(out), {k: values[k] for k in AXES}))
     return out

@@ -25,8 +25,11 @@ A spec has four tables::
 ``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
 ``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
 width = ``d_model``, 256 in the paper; they need n_layers = 1, act = "relu", no diff_vocab /
-eqn_sign, and ignore n_heads and attention_rate). ``train.b2`` and ``train.warmup_steps`` default
-to the family's recipe (transformer 0.98 / 10, MLP 0.999 / 0, SPEC §4).
+eqn_sign, and ignore n_heads; they have no attention, so no attention rate: their runs-table
+``attention_rate`` is NaN, the attention-rate axis is collapsed for them (one network per
+combination of the other axes) and a spec whose models all lack attention may not set it).
+``train.b2`` and ``train.warmup_steps`` default to the family's recipe (transformer 0.98 / 10,
+MLP 0.999 / 0, SPEC §4).
 
 Grid axes are crossed (Cartesian product, in the order of :data:`AXES`); distribution axes are
 drawn independently for each of ``sampling.n`` networks per grid point. Distributions:
@@ -55,6 +58,7 @@ import numpy as np
 
 from phasespace.defaults import (
     ACTIVATIONS,
+    ATTENTION_FAMILIES,
     CIRCULAR_THRESHOLD,
     DI_METRICS,
     DISTANCE_IRRELEVANCE_THRESHOLD,
@@ -452,6 +456,19 @@ def _values(v: Any) -> list[Any]:
 
 def _check_combinations(spec: SweepSpec) -> None:
     a = spec.axes
+    models = _values(a["model"])
+    alpha = a["attention_rate"]
+    if not any(m in ATTENTION_FAMILIES for m in models) and (
+        isinstance(alpha, dict)
+        or any(v != AXES["attention_rate"] for v in _values(alpha))
+        or len(_values(alpha)) > 1
+    ):
+        shown = list(alpha) if isinstance(alpha, tuple) else alpha
+        raise SpecError(
+            f"axes.attention_rate={shown!r}: no model of this spec "
+            f"(axes.model={models}) has attention, so it has no attention rate (families with attention: "
+            f"{list(ATTENTION_FAMILIES)}); remove axes.attention_rate"
+        )
     if any(m != "transformer" for m in _values(a["model"])):
         needs = {"n_layers": 1, "act": "relu", "diff_vocab": False, "eqn_sign": False}
         for k, want in needs.items():

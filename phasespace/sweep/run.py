@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -19,6 +20,7 @@ from phasespace import hooks
 from phasespace.analysis.circuits import CircuitOptions, analyze_full, circuit_columns
 from phasespace.analysis.faults import describe_flags
 from phasespace.analysis.tracking import MetricsRecorder, aligned_chunk
+from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, exclusive_sweep_dir
 from phasespace.io.params import save_bucket_params
@@ -220,6 +222,7 @@ def train_bucket(
     rows = []
     for i, net in enumerate(bucket.networks):
         row: dict[str, Any] = {"index": net.index, "bucket": bucket.key, **net.values}
+        row["attention_rate"] = row["attention_rate"] if row["model"] in ATTENTION_FAMILIES else np.nan
         row.update({k: m[k][i] for k in m})
         row.update({k: arrays[k][i] for k in arrays})
         row["first_full_train_step"] = int(host.first_full_train[i])
@@ -349,7 +352,8 @@ def write_results(
 ) -> None:
     """Write ``history.npz``, ``analysis.npz``, ``metrics_history.npz`` (when recorded),
     ``phase.npz``, the figures and, last (it marks a finished sweep), ``runs.csv``; each file
-    atomically."""
+    atomically. A phase diagram or figure that fails leaves a warning naming it; every other
+    file is still written."""
     opts = CircuitOptions.from_mapping(spec.analysis)
     columns = ["index", "bucket", *AXES, *RUN_COLUMNS]
     columns += circuit_columns(opts.n_components // opts.min_circle_components)
@@ -373,15 +377,35 @@ def write_results(
         runs["first_full_test_step"] < 0, np.nan, runs["first_full_test_step"]
     )
     grid = [a for a in spec.grid_axes if a != "data_seed"]
-    arrays = diagram.phase_arrays(runs, spec.phase, sampled=spec.sampled_axes)
+    arrays: dict[str, np.ndarray] = {}
+    binned = False
+    try:
+        arrays.update(diagram.phase_arrays(runs, spec.phase, sampled=spec.sampled_axes))
+        binned = True
+    except Exception as e:  # a derived table is never worth runs.csv
+        msg = f"phase.npz: binned phase diagram not computed: {type(e).__name__}: {e}"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     if not spec.sampled_axes:
-        arrays.update(diagram.grid_arrays(runs, grid))
+        try:
+            arrays.update(diagram.grid_arrays(runs, grid))
+        except Exception as e:
+            warnings.warn(
+                f"phase.npz: grid arrays not computed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2
+            )
     store.write_npz(os.path.join(out_dir, "phase.npz"), arrays)
     fig_dir = os.path.join(out_dir, "figures")
-    figures.plot_metrics_vs_attention_rate(
-        runs, os.path.join(fig_dir, "metrics_vs_attention_rate.png"), title=f"{spec.name}: {n} networks"
-    )
-    figures.phase_figures(runs, arrays, fig_dir, spec.phase, title=spec.name)
+    if np.any(np.isfinite(runs["attention_rate"].astype(np.float64))):
+        figures.draw_safely(
+            os.path.join(fig_dir, "metrics_vs_attention_rate.png"),
+            figures.plot_metrics_vs_attention_rate,
+            runs,
+            title=f"{spec.name}: {n} networks",
+        )
+    if binned:
+        try:
+            figures.phase_figures(runs, arrays, fig_dir, spec.phase, title=spec.name)
+        except Exception as e:
+            warnings.warn(f"phase figures not drawn: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
 
 

@@ -20,7 +20,7 @@ def _logistic_data(n, a_star, k, seed=0):
 def test_fit_transition_recovers_known_boundary():
     alpha, y = _logistic_data(20000, 0.62, 25.0)
     t = diagram.fit_transition(alpha, y)
-    assert t.status == 0 and t.n == 20000 and t.n_skipped == 0
+    assert t.status == "fitted" and t.n == 20000 and t.n_skipped == 0 and t.p_value < 1e-100
     assert t.alpha_star == pytest.approx(0.62, abs=0.01)
     assert t.slope == pytest.approx(-25.0, rel=0.1)
     assert 0 < t.se < 0.01
@@ -46,13 +46,15 @@ def test_fit_transition_edge_cases():
     a = np.asarray([0.1, 0.2, 0.3, 0.7, 0.8, np.nan])
     y = np.asarray([1, 1, 1, 0, 0, 1.0])
     t = diagram.fit_transition(a, y)  # separable: the MLE does not exist
-    assert t.status == 1 and t.alpha_star == pytest.approx(0.5) and t.n == 5 and t.n_skipped == 1
+    assert t.status == "separable" and t.alpha_star == pytest.approx(0.5) and t.n == 5 and t.n_skipped == 1
     t = diagram.fit_transition(a, np.asarray([0, 0, 0, 1, 1, np.nan]))
-    assert t.status == 1 and t.alpha_star == pytest.approx(0.5)
+    assert t.status == "separable" and t.alpha_star == pytest.approx(0.5)
     t = diagram.fit_transition(a[:5], np.ones(5))
-    assert t.status == 2 and np.isnan(t.alpha_star)
+    assert t.status == "one class" and np.isnan(t.alpha_star)
     t = diagram.fit_transition([0.3], [1.0])
-    assert t.status == 3 and np.isnan(t.alpha_star)
+    assert t.status == "too few" and np.isnan(t.alpha_star)
+    t = diagram.fit_transition([], [])
+    assert t.status == "too few" and t.n == 0
 
 
 def test_binned_stats_nan_skipping_against_loops():
@@ -116,21 +118,24 @@ def test_phase_arrays_two_width_bins_recover_their_boundaries():
     }
     arr = diagram.phase_arrays(runs, {"width_bins": "octave"})
     np.testing.assert_array_equal(arr["edges__d_model_bin"], [32, 64, 128, 256, 512])
-    a_star = arr["transition__all__symmetric__alpha_star"]
+    # no family columns in these rows: one family, "all"
+    assert list(arr["coord__family"]) == ["all"] and list(arr["family_axes"]) == []
+    a_star = arr["transition__all__symmetric__alpha_star"][0]
     assert a_star[0] == pytest.approx(0.35, abs=0.02) and a_star[3] == pytest.approx(0.8, abs=0.02)
-    assert np.all(np.isnan(a_star[1:3])) and np.all(arr["transition__all__symmetric__status"][1:3] == 3)
-    np.testing.assert_array_equal(arr["transition__all__symmetric__n"], [3000, 0, 0, 3000])
-    n_circ = arr["transition__circular__symmetric__n"]
+    status = arr["transition__all__symmetric__status"][0]
+    assert np.all(np.isnan(a_star[1:3])) and list(status) == ["fitted", "too few", "too few", "fitted"]
+    np.testing.assert_array_equal(arr["transition__all__symmetric__n"], [[3000, 0, 0, 3000]])
+    n_circ = arr["transition__circular__symmetric__n"][0]
     assert n_circ[0] + n_circ[3] == int(np.sum(circ >= 0.995))
     # binned arrays: dims, counts and the label fraction
-    assert list(arr["dims__binned"]) == ["d_model_bin", "attention_rate_bin"]
+    assert list(arr["dims__binned"]) == ["family", "d_model_bin", "attention_rate_bin"]
     cnt = arr["binned__all__symmetric__count"]
-    assert cnt.shape == (4, 10) and cnt.sum() == 6000
-    frac = arr["binned__all__symmetric__mean"]
+    assert cnt.shape == (1, 4, 10) and cnt.sum() == 6000
+    frac = arr["binned__all__symmetric__mean"][0]
     assert frac[0, 0] > 0.9 and frac[0, 9] < 0.1 and frac[3, 6] > 0.5
     assert arr["binned__all__circular__nan"].sum() == 10
     _, dims, coords = diagram.named(arr, "transition__all__symmetric__alpha_star")
-    assert dims == ["d_model_bin"] and len(coords["d_model_bin"]) == 4
+    assert dims == ["family", "d_model_bin"] and len(coords["d_model_bin"]) == 4
     text = diagram.format_transitions(arr)
     assert "32–63" in text and "256–511" in text
 
@@ -222,13 +227,13 @@ def test_sampled_width_sweep_writes_phase_arrays_padding_and_figures(tmp_path, c
     assert len(pad["buckets"]) == 2 and 0 < pad["waste"] < 1
     assert sorted(r.runs["bucket"]) == sorted(b["key"] for b in pad["buckets"] for _ in range(b["networks"]))
     arr, dims, coords = r.metric("binned__all__gradient_symmetricity__mean")
-    assert dims == ["d_model_bin", "attention_rate_bin"] and arr.shape == (2, 10)
+    assert dims == ["family", "d_model_bin", "attention_rate_bin"] and arr.shape == (1, 2, 10)
     cnt, _, _ = r.metric("binned__all__gradient_symmetricity__count")
     nan, _, _ = r.metric("binned__all__gradient_symmetricity__nan")
     assert cnt.sum() + nan.sum() == 8
     np.testing.assert_array_equal(coords["d_model_bin"], np.sqrt([32.0, 128.0]))
     a_star, dims_t, _ = r.metric("transition__all__symmetric__alpha_star")
-    assert dims_t == ["d_model_bin"] and a_star.shape == (2,)
+    assert dims_t == ["family", "d_model_bin"] and a_star.shape == (1, 2)
     # every metric is finite: the padded networks were analysed at their true widths
     for k in ("gradient_symmetricity", "distance_irrelevance", "circularity", "param_norm"):
         assert np.all(np.isfinite(r.runs[k])), k
