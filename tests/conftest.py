@@ -18,3 +18,7 @@ def reference_dir() -> str:
     if not os.path.isdir(REFERENCE_DIR):
         pytest.fail(f"reference data not found at {REFERENCE_DIR} (set PHASESPACE_REFERENCE)")
     return REFERENCE_DIR
+
+
+CASES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases")
+"""Small inputs that once failed (copied from ../shared/cases), each now a test with its right value."""

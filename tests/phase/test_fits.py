@@ -10,10 +10,7 @@ import pytest
 from phasespace.phase import compare, diagram, figures
 from phasespace.spec import SpecError, expand, load_spec, parse_spec
 
-CASES = os.environ.get(
-    "PHASESPACE_CASES",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "cases"),
-)
+CASES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cases")
 
 
 def _case(name):
