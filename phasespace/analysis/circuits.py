@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace.analysis import circles, metrics
+from phasespace.analysis import circles, classify, metrics
 from phasespace.analysis.network import analyze_population
-from phasespace.defaults import ALGORITHMS, DI_METRICS
+from phasespace.defaults import DI_METRICS, N_TRIPLES, TRIPLE_SEED
 from phasespace.models.fast import logits_table
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
 from phasespace.tasks import all_pairs
@@ -37,20 +37,17 @@ class CircuitOptions:
         min_power: a component belongs to a circle only if its Fourier energy fraction at its
             key frequency is ≥ this.
         min_circle_components: components needed to form a circle (2: a cos/sin pair).
-        circular_threshold: circular iff circularity ≥ this (SPEC §5.3, 0.995).
-        gs_threshold: Pizza-like iff gradient symmetricity > this (SPEC §5.7, 0.98).
-        di_threshold: Pizza-like iff distance irrelevance < this (SPEC §5.7, 0.6).
         di_metric: which distance irrelevance the classification uses: ``distance_irrelevance``
             (correct logit, paper Def. 4.2) or ``distance_irrelevance_largest_wrong`` (the
             published tables' variant).
+
+    The label thresholds are not options of the circuit pass: :func:`analyze_full` reads them
+    from the same ``[analysis]`` mapping (:func:`phasespace.analysis.classify.thresholds`).
     """
 
     n_components: int = 12
     min_power: float = 0.9
     min_circle_components: int = 2
-    circular_threshold: float = metrics.CIRCULAR_THRESHOLD
-    gs_threshold: float = 0.98
-    di_threshold: float = 0.6
     di_metric: str = "distance_irrelevance"
 
     def __post_init__(self) -> None:
@@ -114,8 +111,8 @@ def isolated_logits(
     """
     tokens, _ = all_pairs(arch.task)
     ta, tb = embedding_tables(arch, params)
-    a = circles.isolate(circles.pca(ta), keep_a)
-    b = a if shares_table(arch) else circles.isolate(circles.pca(tb), keep_a if keep_b is None else keep_b)
+    a = circles.isolate(metrics.pca(ta), keep_a)
+    b = a if shares_table(arch) else circles.isolate(metrics.pca(tb), keep_a if keep_b is None else keep_b)
     iso = set_embedding_tables(arch, params, a, b)
     return logits_table(arch, iso, attention_rate, attn_scale, jnp.asarray(tokens))  # fast path if 1 layer
 
@@ -167,12 +164,12 @@ def circuit_network(
     model = make_model(arch)
     shared = shares_table(arch)
     ta, tb = embedding_tables(arch, params)
-    pa = circles.pca(ta)
+    pa = metrics.pca(ta)
     fa = circles.key_frequencies(pa, p, n)
     if shared:
         pb, fb = pa, fa
     else:
-        pb = circles.pca(tb)
+        pb = metrics.pca(tb)
         fb = circles.key_frequencies(pb, p, n)
     k, members, count = circles.group_circles(
         fa["frequency"], fa["power"], n_c, opts.min_power, opts.min_circle_components
@@ -263,37 +260,6 @@ def analyze_circuits(
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def classify(
-    circularity: np.ndarray,
-    gradient_symmetricity: np.ndarray,
-    distance_irrelevance: np.ndarray,
-    opts: CircuitOptions = CircuitOptions(),
-) -> np.ndarray:
-    """Algorithm class per network (SPEC §5.7), an index into :data:`ALGORITHMS`.
-
-    non-circular (0) iff circularity < ``circular_threshold``; among circular networks Pizza (1)
-    iff gradient symmetricity > ``gs_threshold`` and distance irrelevance < ``di_threshold``,
-    Clock (2) iff neither holds, mixed (3) if exactly one holds (or a metric is NaN).
-
-    Args:
-        circularity, gradient_symmetricity, distance_irrelevance: float arrays (R,).
-
-    Returns:
-        int64 (R,).
-    """
-    circ = np.asarray(circularity, np.float64) >= opts.circular_threshold
-    gs = np.asarray(gradient_symmetricity, np.float64)
-    di = np.asarray(distance_irrelevance, np.float64)
-    with np.errstate(invalid="ignore"):
-        pizza_gs, clock_gs = gs > opts.gs_threshold, gs <= opts.gs_threshold
-        pizza_di, clock_di = di < opts.di_threshold, di >= opts.di_threshold
-    code = np.full(circ.shape, 3, np.int64)
-    code[pizza_gs & pizza_di] = 1
-    code[clock_gs & clock_di] = 2
-    code[~circ] = 0
-    return code
-
-
 SCALAR_CIRCUIT_FIELDS = ("n_circles", "circles_accuracy", "circularity_b")
 CIRCLE_COLUMN_FIELDS = {
     "k": "circle_frequency",
@@ -324,13 +290,15 @@ def analyze_full(
     analysis: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every metric of R networks of one bucket: the core pass (:func:`analyze_population`),
-    the circuit pass (:func:`analyze_circuits`) and the classification (:func:`classify`).
+    the circuit pass (:func:`analyze_circuits`) and the classification
+    (:func:`phasespace.analysis.classify.algorithm`).
 
     Args:
         arch: bucket architecture; params: leaves (R, ...).
         hparams: ``attention_rate``, ``attn_scale`` (R,) and ``train_mask`` (R, p²).
-        analysis: options (a spec's ``[analysis]`` table): ``n_triples``, ``triple_seed`` and the
-            fields of :class:`CircuitOptions`; defaults where missing.
+        analysis: options (a spec's ``[analysis]`` table): ``n_triples``, ``triple_seed``, the
+            fields of :class:`CircuitOptions` and the label thresholds
+            (:data:`phasespace.defaults.THRESHOLDS`); defaults where missing.
 
     Returns:
         ``(scalars, arrays)``: per-network scalars (R,) — every field of
@@ -347,17 +315,18 @@ def analyze_full(
         hparams["attention_rate"],
         hparams["attn_scale"],
         hparams["train_mask"],
-        n_triples=int(analysis.get("n_triples", 100)),
-        triple_seed=int(analysis.get("triple_seed", 42)),
+        n_triples=int(analysis.get("n_triples", N_TRIPLES)),
+        triple_seed=int(analysis.get("triple_seed", TRIPLE_SEED)),
     )
     circ = analyze_circuits(arch, params, hparams["attention_rate"], hparams["attn_scale"], opts)
     scalars: dict[str, np.ndarray] = dict(core)
     for k in SCALAR_CIRCUIT_FIELDS:
         scalars[k] = circ[k]
-    code = classify(core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], opts)
-    scalars["circular"] = core["circularity"] >= opts.circular_threshold
+    th = classify.thresholds(analysis)
+    code = classify.algorithm(core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], **th)
+    scalars["circular"] = classify.circular_mask(core["circularity"], th["circular_threshold"])
     scalars["algorithm_code"] = code
-    scalars["algorithm"] = np.asarray([ALGORITHMS[c] for c in code])
+    scalars["algorithm"] = classify.algorithm_names(code)
     arrays = {k: v for k, v in circ.items() if k not in SCALAR_CIRCUIT_FIELDS}
     n_slots = circ["circle_frequency"].shape[1]
     for i in range(1, n_slots + 1):

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from phasespace.spec.parse import PHASE_DEFAULTS, check_phase_options
+from phasespace.analysis import classify
+from phasespace.spec.parse import MOVED_KEYS, PHASE_DEFAULTS, check_phase_options
 
 PHASE_METRICS = (
     "gradient_symmetricity",
@@ -119,18 +120,6 @@ BIN_DIMS = (f"{WIDTH_AXIS}_bin", f"{ALPHA_AXIS}_bin")
 SUBSETS = ("all", "circular")
 """Network subsets of the binned arrays: every network with finite metrics, and the circular
 ones (circularity ≥ ``circular_threshold``, the filter of the paper's figures)."""
-
-LABELS: dict[str, tuple[str, str, str]] = {
-    "symmetric": ("gradient_symmetricity", ">", "symmetric_threshold"),
-    "distance_dependent": ("distance_irrelevance", "<", "irrelevance_threshold"),
-    "distance_dependent_largest_wrong": (
-        "distance_irrelevance_largest_wrong",
-        "<",
-        "irrelevance_threshold",
-    ),
-}
-"""Classification labels (SPEC §5.7): name → (metric, comparison, threshold option). Each is
-1.0 on the Pizza side, 0.0 on the Clock side, NaN where the metric is NaN."""
 
 BIN_METRICS = (
     "gradient_symmetricity",
@@ -273,36 +262,6 @@ def binned_stats(
     }
 
 
-def circular_mask(runs: Mapping[str, np.ndarray], threshold: float = 0.995) -> np.ndarray:
-    """Circular networks (SPEC §5.3): bool (R,), circularity ≥ ``threshold`` (NaN → False)."""
-    c = np.asarray(runs["circularity"], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(c) & (c >= threshold)
-
-
-def classify(
-    runs: Mapping[str, np.ndarray],
-    symmetric_threshold: float = 0.98,
-    irrelevance_threshold: float = 0.6,
-) -> dict[str, np.ndarray]:
-    """Classification labels of :data:`LABELS` (SPEC §5.7) for every metric present in ``runs``.
-
-    Returns:
-        label name → float64 (R,): 1.0 (Pizza side: gradient symmetricity > ``symmetric_threshold``
-        / distance irrelevance < ``irrelevance_threshold``), 0.0, or NaN where the metric is NaN.
-    """
-    th = {"symmetric_threshold": symmetric_threshold, "irrelevance_threshold": irrelevance_threshold}
-    out = {}
-    for name, (metric, op, key) in LABELS.items():
-        if metric not in runs:
-            continue
-        m = np.asarray(runs[metric], dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            y = m > th[key] if op == ">" else m < th[key]
-        out[name] = np.where(np.isfinite(m), y.astype(np.float64), np.nan)
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class Transition:
     """A fitted transition: P(label = 1 | α) = σ(intercept + slope · α) (SPEC §5.7, §6).
@@ -400,6 +359,7 @@ def phase_arrays(
     runs: Mapping[str, np.ndarray],
     options: Mapping[str, Any] | None = None,
     sampled: Sequence[str] = (),
+    thresholds: Mapping[str, Any] | None = None,
 ) -> dict:
     """Binned phase diagram over (width, attention rate) with classification and transitions.
 
@@ -412,6 +372,8 @@ def phase_arrays(
         options: :data:`phasespace.spec.parse.PHASE_DEFAULTS` fields (missing ones take the defaults).
         sampled: axes drawn from a distribution; for them ``"auto"`` binning never uses
             distinct values (octaves for d_model, 10 bins for the attention rate).
+        thresholds: the label thresholds, e.g. a spec's ``[analysis]`` options (other keys are
+            ignored; :func:`phasespace.analysis.classify.thresholds`).
 
     Returns:
         dict of arrays for ``phase.npz``, each family with its axis names under ``dims__<family>``:
@@ -420,16 +382,22 @@ def phase_arrays(
           ``attention_rate_bin`` (n_a,);
         * ``binned__<subset>__<metric>__<stat>``, dims ``("d_model_bin", "attention_rate_bin")``
           (``dims__binned``), for subset in :data:`SUBSETS`, every present metric of
-          :data:`BIN_METRICS`, every label of :func:`classify` and ``circular`` (labels and
+          :data:`BIN_METRICS`, every label of :func:`phasespace.analysis.classify.labels` and
+          ``circular`` (labels and
           ``circular`` as 0/1, so their mean is the fraction), stat in :data:`STATS`;
         * ``transition__<subset>__<label>__<field>``, dims ``("d_model_bin",)``
           (``dims__transition``), field in :data:`TRANSITION_FIELDS`, from :func:`fit_transition`
           of the label on α within each width bin;
-        * ``options`` (JSON string of the options used).
+        * ``options`` (JSON string of the binning options and thresholds used).
     """
     opts = dict(PHASE_DEFAULTS)
-    opts.update(options or {})
+    for k, v in (options or {}).items():
+        if k not in PHASE_DEFAULTS:
+            moved = MOVED_KEYS.get(f"phase.{k}")
+            raise ValueError(f"phase.{k}: " + (f"moved to {moved}" if moved else "not a binning option"))
+        opts[k] = v
     check_phase_options(opts)
+    th = classify.thresholds(thresholds)
     width = np.asarray(runs[WIDTH_AXIS], dtype=np.float64)
     alpha = np.asarray(runs[ALPHA_AXIS], dtype=np.float64)
     if WIDTH_AXIS in sampled and opts["width_bins"] == "auto":
@@ -449,10 +417,12 @@ def phase_arrays(
         f"edges__{BIN_DIMS[0]}": w_edges,
         f"coord__{BIN_DIMS[1]}": a_coord,
         f"edges__{BIN_DIMS[1]}": a_edges,
-        "options": np.asarray(json.dumps(opts, sort_keys=True)),
+        "options": np.asarray(json.dumps({**opts, **th}, sort_keys=True)),
     }
-    circ = circular_mask(runs, opts["circular_threshold"])
-    labels = classify(runs, opts["symmetric_threshold"], opts["irrelevance_threshold"])
+    circ = classify.circular_mask(runs["circularity"], th["circular_threshold"])
+    labels = classify.labels(
+        runs, th["gradient_symmetricity_threshold"], th["distance_irrelevance_threshold"]
+    )
     cols: dict[str, np.ndarray] = {m: np.asarray(runs[m], dtype=np.float64) for m in BIN_METRICS if m in runs}
     cols.update(labels)
     circ_col = np.where(np.isfinite(np.asarray(runs["circularity"], dtype=np.float64)), circ, np.nan)
