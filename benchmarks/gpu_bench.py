@@ -11,7 +11,7 @@ It measures, for each precision mode (float32, tensorfloat32, bfloat16; SPEC §4
    against float64 — which shows the precision the mode really ran in;
 2. for d_model ∈ {32, 128, 512} at p = 59: network-steps/s of a large population (the memory plan
    of phasespace.training.memory picks the group size), and the achieved FLOP/s (analytic count of the fast
-   computation, phasespace/flops.py) as a fraction of that mode's measured matmul peak;
+   computation, phasespace/population/flops.py) as a fraction of that mode's measured matmul peak;
 3. a small fixed population (p = 31, d_model = 64, 12 networks over three attention rates)
    trained in each mode: its phase-diagram metrics and their change from float32 (mean and max
    |Δ|, and how many networks change label: circular, symmetric, distance-dependent — the labels

@@ -22,9 +22,6 @@ MODEL_FAMILIES: dict[str, str | None] = {
 """Model family name (the sweep axis ``model``) → reference key of the appendix MLP model
 (SPEC §3; ``None`` for the transformer)."""
 
-ATTENTION_FAMILIES = ("transformer",)
-"""Families whose networks have attention, and so an attention rate α (SPEC §2)."""
-
 ACTIVATIONS = ("relu", "gelu")
 """MLP nonlinearities of the reference code (SPEC §2)."""
 
@@ -102,9 +99,3 @@ THRESHOLDS: dict[str, float] = {
 }
 """The label thresholds under their one name each (the ``[analysis]`` options and the
 ``compare`` flags use these names)."""
-
-FULL_ACCURACY = 0.99
-"""Accuracy counted as "solved" for first-step and collapse records (the reference code's 0.99)."""
-COLLAPSE_DROP = 0.1
-"""A network collapsed when its final accuracy is more than this below its best after
-reaching :data:`FULL_ACCURACY`."""

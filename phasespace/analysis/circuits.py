@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -158,10 +158,64 @@ def circuit_network(
         * ``circles_accuracy``: accuracy with all circles kept together (NaN with none);
           ``circularity_b``: circularity (SPEC §5.3) of the second operand's table.
     """
-    p = arch.p
-    n = opts.components(arch)
-    n_c = opts.circle_slots(arch)
-    model = make_model(arch)
+    found = find_circles(arch, opts, params)
+    fits = isolate_circles(arch, params, found, attention_rate, attn_scale, tokens, labels)
+    k, members, fa = found.frequency, found.members, found.keys_a
+    present = jnp.arange(k.shape[0]) < found.count
+    nan = jnp.float32(jnp.nan)
+    return {
+        "pc_frequency": fa["frequency"],
+        "pc_delta": fa["delta"],
+        "pc_power": fa["power"],
+        "pc_variance": fa["variance"],
+        "pc_frequency_b": found.keys_b["frequency"],
+        "n_circles": found.count,
+        "circle_frequency": k,
+        "circle_delta": circles.delta_of(k, arch.p),
+        "circle_components": jnp.sum(members, axis=1).astype(jnp.int32),
+        "circle_variance": jnp.sum(jnp.where(members, fa["variance"][None, :], 0.0), axis=1),
+        "circle_accompanies": found.accompanies,
+        "circle_accuracy": jnp.where(present, fits["accuracy"], nan),
+        "circle_accuracy_by_difference": jnp.where(present[:, None], fits["accuracy_by_difference"], nan),
+        "circle_fve_clock": jnp.where(present, fits["fve_clock"], nan),
+        "circle_fve_pizza": jnp.where(present, fits["fve_pizza"], nan),
+        "circle_fve_accompanying": jnp.where(
+            present & (found.accompanies > 0), fits["fve_accompanying"], nan
+        ),
+        "circles_accuracy": jnp.where(found.count > 0, fits["all_accuracy"], nan),
+        "circularity_b": metrics.circularity(found.table_b),
+    }
+
+
+class FoundCircles(NamedTuple):
+    """The circles of one network's operand embedding tables (SPEC §5.4), from :func:`find_circles`.
+
+    Attributes:
+        pca_a, pca_b: the PCA of the first and second operand's table (the same for a shared one).
+        keys_a, keys_b: their :func:`~phasespace.analysis.circles.key_frequencies` (n,).
+        frequency: int32 (C,) key frequency of each circle slot (0: empty).
+        members, members_b: bool (C, n): each circle's components in either table.
+        count: int32, the number of circles.
+        accompanies: int32 (C,) k′ of the earlier circle each accompanies (0: none).
+        table_b: the second operand's table (p, e).
+    """
+
+    pca_a: metrics.PCA
+    pca_b: metrics.PCA
+    keys_a: dict[str, jax.Array]
+    keys_b: dict[str, jax.Array]
+    frequency: jax.Array
+    members: jax.Array
+    members_b: jax.Array
+    count: jax.Array
+    accompanies: jax.Array
+    table_b: jax.Array
+
+
+def find_circles(arch: Arch, opts: CircuitOptions, params: Any) -> FoundCircles:
+    """Key frequencies and circles of one network (SPEC §5.4): found in the first operand's table;
+    in a separate second table, the components of each circle's key frequency."""
+    p, n, n_c = arch.p, opts.components(arch), opts.circle_slots(arch)
     shared = shares_table(arch)
     ta, tb = embedding_tables(arch, params)
     pa = metrics.pca(ta)
@@ -177,12 +231,29 @@ def circuit_network(
     members_b = (
         members if shared else circles.members_by_frequency(k, fb["frequency"], fb["power"], opts.min_power)
     )
-    present = jnp.arange(n_c) < count
-    main = circles.accompanied_frequency(k, p)
+    return FoundCircles(pa, pb, fa, fb, k, members, members_b, count, circles.accompanied_frequency(k, p), tb)
+
+
+def isolate_circles(
+    arch: Arch,
+    params: Any,
+    found: FoundCircles,
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    tokens: jax.Array,
+    labels: jax.Array,
+) -> dict[str, jax.Array]:
+    """The network with only one circle kept, for each circle slot, and with all circles kept
+    (SPEC §5.5): ``accuracy`` (C,), ``accuracy_by_difference`` (C, p), ``fve_clock``,
+    ``fve_pizza``, ``fve_accompanying`` (C,) and ``all_accuracy`` (a scalar). Empty slots are
+    computed too (fixed shapes); :func:`circuit_network` masks them."""
+    p = arch.p
+    model = make_model(arch)
+    shared = shares_table(arch)
 
     def run(keep: tuple[jax.Array, jax.Array]) -> jax.Array:
-        a = circles.isolate(pa, keep[0])
-        b = a if shared else circles.isolate(pb, keep[1])
+        a = circles.isolate(found.pca_a, keep[0])
+        b = a if shared else circles.isolate(found.pca_b, keep[1])
         return model.apply(set_embedding_tables(arch, params, a, b), tokens, attention_rate, attn_scale)
 
     def one_circle(args):
@@ -199,30 +270,17 @@ def circuit_network(
             circles.logit_fve(o, circles.accompanying_logits(p, km)),
         )
 
-    acc, by_diff, fve_c, fve_p, fve_a = jax.lax.map(one_circle, (members, members_b, k, main))
-    nan = jnp.float32(jnp.nan)
-    all_logits = run((jnp.any(members, axis=0), jnp.any(members_b, axis=0)))
-    all_acc = jnp.mean(jnp.argmax(all_logits, axis=-1) == labels)
-    comp = jnp.sum(members, axis=1).astype(jnp.int32)
+    acc, by_diff, fve_c, fve_p, fve_a = jax.lax.map(
+        one_circle, (found.members, found.members_b, found.frequency, found.accompanies)
+    )
+    all_logits = run((jnp.any(found.members, axis=0), jnp.any(found.members_b, axis=0)))
     return {
-        "pc_frequency": fa["frequency"],
-        "pc_delta": fa["delta"],
-        "pc_power": fa["power"],
-        "pc_variance": fa["variance"],
-        "pc_frequency_b": fb["frequency"],
-        "n_circles": count,
-        "circle_frequency": k,
-        "circle_delta": circles.delta_of(k, p),
-        "circle_components": comp,
-        "circle_variance": jnp.sum(jnp.where(members, fa["variance"][None, :], 0.0), axis=1),
-        "circle_accompanies": main,
-        "circle_accuracy": jnp.where(present, acc, nan),
-        "circle_accuracy_by_difference": jnp.where(present[:, None], by_diff, nan),
-        "circle_fve_clock": jnp.where(present, fve_c, nan),
-        "circle_fve_pizza": jnp.where(present, fve_p, nan),
-        "circle_fve_accompanying": jnp.where(present & (main > 0), fve_a, nan),
-        "circles_accuracy": jnp.where(count > 0, all_acc, nan),
-        "circularity_b": metrics.circularity(tb),
+        "accuracy": acc,
+        "accuracy_by_difference": by_diff,
+        "fve_clock": fve_c,
+        "fve_pizza": fve_p,
+        "fve_accompanying": fve_a,
+        "all_accuracy": jnp.mean(jnp.argmax(all_logits, axis=-1) == labels),
     }
 
 
