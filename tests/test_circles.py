@@ -12,7 +12,7 @@ import pytest
 
 from phasespace.analysis import circles, classify, metrics
 from phasespace.analysis.circuits import CircuitOptions, analyze_full, isolated_logits
-from phasespace.defaults import ALGORITHMS
+from phasespace.defaults import ALGORITHMS, THRESHOLDS
 from phasespace.io.reference import load_reference_checkpoint
 from phasespace.population.stack import attn_scale
 from phasespace.tasks import Task, all_pairs, train_mask
@@ -224,7 +224,7 @@ def test_classify_thresholds():
     di = np.asarray([0.1, 0.1, 0.9, 0.9, 0.1, 0.1])
     codes = classify.algorithm(circ, gs, di)
     assert [ALGORITHMS[c] for c in codes] == ["non-circular", "pizza", "clock", "mixed", "mixed", "mixed"]
-    strict = {"gradient_symmetricity_threshold": 0.995, "circular_threshold": 0.98}
+    strict = {"gradient_symmetricity_threshold": 0.991, "circular_threshold": 0.985}
     names = classify.algorithm_names(classify.algorithm(circ, gs, di, **strict))
     assert list(names[:2]) == ["mixed", "mixed"]
 
@@ -251,11 +251,7 @@ def test_algorithm_is_built_from_the_labels():
 
 def test_thresholds_read_from_analysis_options():
     th = classify.thresholds({"gradient_symmetricity_threshold": 0.5, "n_triples": 7})
-    assert th == {
-        "circular_threshold": 0.995,
-        "gradient_symmetricity_threshold": 0.5,
-        "distance_irrelevance_threshold": 0.6,
-    }
+    assert th == {**THRESHOLDS, "gradient_symmetricity_threshold": 0.5}
     with pytest.raises(ValueError, match="circular_threshold"):
         classify.thresholds({"circular_threshold": float("nan")})
 

@@ -7,6 +7,7 @@ import pytest
 from scipy.optimize import minimize
 
 from phasespace.analysis import classify
+from phasespace.defaults import CIRCULAR_THRESHOLD
 from phasespace.io.checkpoint import resume_fields
 from phasespace.phase import diagram
 from phasespace.spec import SpecError, expand, parse_spec
@@ -123,7 +124,7 @@ def test_phase_arrays_two_width_bins_recover_their_boundaries():
     assert np.all(np.isnan(a_star[1:3])) and np.all(arr["transition__all__symmetric__status"][1:3] == 3)
     np.testing.assert_array_equal(arr["transition__all__symmetric__n"], [3000, 0, 0, 3000])
     n_circ = arr["transition__circular__symmetric__n"]
-    assert n_circ[0] + n_circ[3] == int(np.sum(circ >= 0.995))
+    assert n_circ[0] + n_circ[3] == int(np.sum(circ >= CIRCULAR_THRESHOLD))
     # binned arrays: dims, counts and the label fraction
     assert list(arr["dims__binned"]) == ["d_model_bin", "attention_rate_bin"]
     cnt = arr["binned__all__symmetric__count"]

@@ -11,6 +11,7 @@ import pytest
 
 from phasespace.cli import main
 from phasespace.io.store import load_sweep, read_csv
+from phasespace.sweep.reanalyze import analyze_sweep
 
 TINY = """
 name = "tiny"
@@ -98,6 +99,13 @@ def test_analyze_of_an_unchanged_sweep_rewrites_the_same_files(tiny_sweep, tmp_p
             _assert_same_arrays({k: z[k] for k in z.files}, want, name)
     _assert_same_arrays(read_csv(str(d / "runs.csv")), runs_before, "runs.csv")
     assert list(read_csv(str(d / "runs.csv"))) == list(runs_before)
+    # the thresholds are [analysis] options: overriding one relabels the table and the phase arrays
+    rows = analyze_sweep(str(d), {"gradient_symmetricity_threshold": -1.0})
+    assert all(r["algorithm"] in ("non-circular", "pizza", "mixed") for r in rows)
+    with np.load(d / "phase.npz") as z:
+        frac, cnt = z["binned__all__symmetric__mean"], z["binned__all__symmetric__count"]
+        assert np.all(frac[cnt > 0] == 1.0)
+        assert '"gradient_symmetricity_threshold": -1.0' in str(z["options"])
 
 
 def test_bad_spec_fails_before_compute(tmp_path):
