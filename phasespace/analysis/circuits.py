@@ -23,7 +23,6 @@ import numpy as np
 from phasespace.analysis import circles, classify, metrics
 from phasespace.analysis.network import analyze_population
 from phasespace.defaults import DI_METRICS, N_TRIPLES, TRIPLE_SEED
-from phasespace.models.fast import logits_table
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
 from phasespace.tasks import all_pairs
 
@@ -111,10 +110,29 @@ def isolated_logits(
     """
     tokens, _ = all_pairs(arch.task)
     ta, tb = embedding_tables(arch, params)
-    a = circles.isolate(metrics.pca(ta), keep_a)
-    b = a if shares_table(arch) else circles.isolate(metrics.pca(tb), keep_a if keep_b is None else keep_b)
+    pa = metrics.pca(ta)
+    pb = pa if shares_table(arch) else metrics.pca(tb)
+    keep = (keep_a, keep_a if keep_b is None else keep_b)
+    return apply_isolated(arch, params, pa, pb, keep, attention_rate, attn_scale, jnp.asarray(tokens))
+
+
+def apply_isolated(
+    arch: Arch,
+    params: Any,
+    pca_a: metrics.PCA,
+    pca_b: metrics.PCA,
+    keep: tuple[jax.Array, jax.Array],
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    tokens: jax.Array,
+) -> jax.Array:
+    """The one circle isolation (SPEC §5.5): the network applied to ``tokens`` with its operand
+    table(s) rebuilt from the kept components of their PCA (``keep`` = (first table's, second
+    table's); a shared table uses the first) and every other weight unchanged."""
+    a = circles.isolate(pca_a, keep[0])
+    b = a if shares_table(arch) else circles.isolate(pca_b, keep[1])
     iso = set_embedding_tables(arch, params, a, b)
-    return logits_table(arch, iso, attention_rate, attn_scale, jnp.asarray(tokens))  # fast path if 1 layer
+    return make_model(arch).apply(iso, tokens, attention_rate, attn_scale)
 
 
 def circuit_network(
@@ -248,13 +266,11 @@ def isolate_circles(
     ``fve_pizza``, ``fve_accompanying`` (C,) and ``all_accuracy`` (a scalar). Empty slots are
     computed too (fixed shapes); :func:`circuit_network` masks them."""
     p = arch.p
-    model = make_model(arch)
-    shared = shares_table(arch)
 
     def run(keep: tuple[jax.Array, jax.Array]) -> jax.Array:
-        a = circles.isolate(found.pca_a, keep[0])
-        b = a if shared else circles.isolate(found.pca_b, keep[1])
-        return model.apply(set_embedding_tables(arch, params, a, b), tokens, attention_rate, attn_scale)
+        return apply_isolated(
+            arch, params, found.pca_a, found.pca_b, keep, attention_rate, attn_scale, tokens
+        )
 
     def one_circle(args):
         keep_a, keep_b, kc, km = args
