@@ -1,4 +1,4 @@
-"""Throughput benchmark of the phasespace engine (see phasespace/bench.py for what it measures).
+"""Throughput benchmark of the phasespace engine (see phasespace/bench/bench.py for what it measures).
 
 Usage: ``python benchmarks/bench.py`` (about 5 minutes on a quiet 2-core CPU; ``--quick`` for a
 smoke run, ``--help`` for options). Results are appended to benchmarks/RESULTS.md.

@@ -11,11 +11,11 @@ It measures, for each precision mode (float32, tensorfloat32, bfloat16; SPEC §4
    against float64 — which shows the precision the mode really ran in;
 2. for d_model ∈ {32, 128, 512} at p = 59: network-steps/s of a large population (the memory plan
    of phasespace.training.memory picks the group size), and the achieved FLOP/s (analytic count of the fast
-   computation, phasespace/flops.py) as a fraction of that mode's measured matmul peak;
+   computation, phasespace/population/flops.py) as a fraction of that mode's measured matmul peak;
 3. a small fixed population (p = 31, d_model = 64, 12 networks over three attention rates)
    trained in each mode: its phase-diagram metrics and their change from float32 (mean and max
-   |Δ|, and how many networks change label: circular, gradient symmetricity > 0.98, distance
-   irrelevance < 0.6).
+   |Δ|, and how many networks change label: circular, symmetric, distance-dependent — the labels
+   of phasespace.analysis.classify at the thresholds of phasespace.defaults).
 
 Results go to ``benchmarks/results/gpu-<date>.json`` and ``.md`` (printed too). A time budget
 (``--budget`` seconds, default 420) stops starting new measurements, so partial results are
@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phasespace.analysis import classify
 from phasespace.bench.peak import measure_matmul_flops
 from phasespace.defaults import PRECISIONS
 from phasespace.io import store
@@ -53,9 +54,9 @@ from phasespace.training.program import effective_precision, matmul_precision, t
 
 METRICS = ("test_accuracy", "gradient_symmetricity", "distance_irrelevance", "circularity", "param_norm")
 LABELS = {
-    "circular": lambda m: m["circularity"] >= 0.995,
-    "gradient symmetricity > 0.98": lambda m: m["gradient_symmetricity"] > 0.98,
-    "distance irrelevance < 0.6": lambda m: m["distance_irrelevance"] < 0.6,
+    "circular": lambda m: classify.circular_mask(m["circularity"]),
+    "symmetric": lambda m: classify.labels(m)["symmetric"] == 1.0,
+    "distance_dependent": lambda m: classify.labels(m)["distance_dependent"] == 1.0,
 }
 
 

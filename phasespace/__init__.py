@@ -2,7 +2,7 @@
 transformers trained on modular arithmetic, vmapped in JAX.
 
 A sweep is data flowing one way, one package per stage (each imports only from those before it;
-``.importlinter`` holds the contract that CI checks)::
+the ``[tool.importlinter]`` contracts of ``pyproject.toml``, checked in CI by ``lint-imports``)::
 
     defaults, hooks, tasks → spec → models → population → training → analysis → io → phase
         → sweep → bench → cli

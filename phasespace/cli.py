@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from phasespace.defaults import THRESHOLDS
+
 
 def _start_devices(args: argparse.Namespace) -> None:
     """Multi-process start-up and CPU devices, before JAX initialises its backends."""
@@ -95,11 +97,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         "diff_vocab": args.diff_vocab,
         "eqn_sign": args.eqn_sign,
     }
-    options = {
+    thresholds = {
         "circular_threshold": args.circular_threshold,
-        "symmetric_threshold": args.symmetric_threshold,
-        "irrelevance_threshold": args.irrelevance_threshold,
+        "gradient_symmetricity_threshold": args.gradient_symmetricity_threshold,
+        "distance_irrelevance_threshold": args.distance_irrelevance_threshold,
     }
+    options = {}
     if args.alpha_bins is not None:
         options["alpha_bins"] = args.alpha_bins
     if args.width_edges:
@@ -107,7 +110,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     a = compare.load_table(args.sweep)
     for i, t in enumerate(tables):
         b = compare.load_table(t)
-        c = compare.compare(a, b, (args.sweep, t), options, filters)
+        c = compare.compare(a, b, (args.sweep, t), options, filters, thresholds)
         if i:
             print("\n" + "=" * 100 + "\n")
         print(compare.format_comparison(c))
@@ -131,16 +134,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                     sel, _ = compare.select(rows_, **filters)
                     name = os.path.basename(os.path.normpath(c.names[0 if side == "A" else 1]))
                     figures.phase_figures(
-                        sel, arrays, os.path.join(args.out, f"figures_{stem}_{side}"), options, title=name
+                        sel, arrays, os.path.join(args.out, f"figures_{stem}_{side}"), thresholds, title=name
                     )
     return 0
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     from phasespace.io.reference import find_reference_dir
-    from phasespace.sweep.reference import evaluate_reference_dir
+    from phasespace.sweep.reanalyze import reference_table
 
-    rows = evaluate_reference_dir(args.dir or find_reference_dir(), out_csv=args.out)
+    rows = reference_table(args.dir or find_reference_dir(), out_csv=args.out)
     cols = [
         "run",
         "attention_rate",
@@ -153,9 +156,14 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         "circularity",
         "param_norm",
     ]
-    print(" ".join(f"{c[:12]:>12}" for c in cols))
+    widths = [max(12, len(c)) for c in cols]
+    print(" ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        print(" ".join(f"{r[c]:>12.5g}" if isinstance(r[c], float) else f"{r[c]!s:>12}" for c in cols))
+        cells = (
+            f"{r[c]:>{w}.5g}" if isinstance(r[c], (float, np.floating)) else f"{r[c]!s:>{w}}"
+            for c, w in zip(cols, widths, strict=True)
+        )
+        print(" ".join(cells))
     return 0
 
 
@@ -225,11 +233,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasespace`` console script."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["bench"]:  # every option after it is benchmarks/bench.py's
-        from phasespace.bench.bench import main as bench_main
-
-        return bench_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a sweep and write its directory")
@@ -238,8 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_options(run)
     run.set_defaults(fn=_cmd_run)
-    bench = sub.add_parser("bench", help="measure throughput (same as python benchmarks/bench.py)")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of benchmarks/bench.py (see --help)")
+    bench = sub.add_parser(
+        "bench",
+        help="measure throughput (same as python benchmarks/bench.py; every option after it is bench's)",
+        add_help=False,
+    )
     bench.set_defaults(fn=_cmd_bench)
     ref = sub.add_parser("reference", help="evaluate the paper's released transformer checkpoints")
     ref.add_argument(
@@ -281,13 +287,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument("--eqn-sign", action="store_true", help="equals-token variant instead of standard")
     cmp.add_argument("--alpha-bins", type=int, help="equal attention-rate bins on [0, 1] (default 10)")
     cmp.add_argument("--width-edges", help="comma-separated d_model bin edges (default: shared octaves)")
-    cmp.add_argument("--circular-threshold", type=float, default=0.995)
-    cmp.add_argument("--symmetric-threshold", type=float, default=0.98)
-    cmp.add_argument("--irrelevance-threshold", type=float, default=0.6)
+    for name, default in THRESHOLDS.items():
+        cmp.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=default, help=f"default {default}"
+        )
     cmp.add_argument("--out", help="folder for alpha_star_vs_<table>.csv and compare_<table>.npz")
     cmp.add_argument("--figures", action="store_true", help="also draw both sides' phase figures into --out")
     cmp.set_defaults(fn=_cmd_compare)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.args = extra  # every option after "bench" is benchmarks/bench.py's (its --help too)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from phasespace.spec.parse import SpecError
 
     def show(message, category, *_args, **_kwargs) -> None:

@@ -102,9 +102,3 @@ THRESHOLDS: dict[str, float] = {
 }
 """The label thresholds under their one name each (the ``[analysis]`` options and the
 ``compare`` flags use these names)."""
-
-FULL_ACCURACY = 0.99
-"""Accuracy counted as "solved" for first-step and collapse records (the reference code's 0.99)."""
-COLLAPSE_DROP = 0.1
-"""A network collapsed when its final accuracy is more than this below its best after
-reaching :data:`FULL_ACCURACY`."""

@@ -36,24 +36,29 @@ class Task:
         return self.p * self.p
 
 
+def encode(task: Task, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Token sequences of the inputs (a, b): int32 (N, n_ctx) with a, b (+ p if ``diff_vocab``),
+    and the equals token V − 1 if ``eqn_sign`` (the one encoding of the task's inputs)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    cols = [a, b + task.p if task.diff_vocab else b]
+    if task.eqn_sign:
+        cols.append(np.full_like(a, task.vocab - 1))
+    return np.stack(cols, axis=1).astype(np.int32)
+
+
 def all_pairs(task: Task) -> tuple[np.ndarray, np.ndarray]:
     """All p² inputs of the task in lexicographic order (a, then b).
 
     Row ``i`` holds the pair a = i // p, b = i % p.
 
     Returns:
-        tokens: int32 array of shape (p², n_ctx): a, b (+ p if ``diff_vocab``), and the equals
-            token V − 1 if ``eqn_sign``.
+        tokens: int32 array of shape (p², n_ctx) (:func:`encode`).
         labels: int32 array of shape (p²,): (a + b) mod p.
     """
     p = task.p
     a, b = np.divmod(np.arange(p * p, dtype=np.int64), p)
-    cols = [a, b + p if task.diff_vocab else b]
-    if task.eqn_sign:
-        cols.append(np.full_like(a, task.vocab - 1))
-    tokens = np.stack(cols, axis=1).astype(np.int32)
     labels = ((a + b) % p).astype(np.int32)
-    return tokens, labels
+    return encode(task, a, b), labels
 
 
 def n_train(p: int, train_fraction: float) -> int:

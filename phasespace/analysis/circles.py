@@ -3,39 +3,20 @@ functions of fixed shapes (vmappable over the run axis); the composition per net
 :mod:`phasespace.analysis.circuits`.
 
 Notation: an embedding *table* is (p, e), row t the embedding of operand value t. Its centred
-PCA gives score vectors u_j (p,) and directions v_j (e,); the *key frequency* of component j is
-the k ∈ {1…p−1} maximising the normalised Fourier power 2|Σ_t u_t e^{−2πikt/p}|²/(p Σ_t u_t²)
-(:func:`phasespace.analysis.metrics.fourier_power`), reported as min(k, p − k). Components sharing
-a key frequency form a *circle*; δ = k⁻¹ mod p (reported as min(δ, p − δ)) is the step between
-neighbouring tokens on it (SPEC §5.4).
+PCA (:func:`phasespace.analysis.metrics.pca`) gives score vectors u_j (p,) and directions v_j
+(e,); the *key frequency* of component j is the k ∈ {1…p−1} maximising the normalised Fourier
+power 2|Σ_t u_t e^{−2πikt/p}|²/(p Σ_t u_t²) (:func:`phasespace.analysis.metrics.fourier_power`),
+reported as min(k, p − k). Components sharing a key frequency form a *circle*; δ = k⁻¹ mod p
+(reported as min(δ, p − δ)) is the step between neighbouring tokens on it (SPEC §5.4).
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace.analysis.metrics import fourier_power
-
-
-class PCA(NamedTuple):
-    """Centred PCA of a table (p, e): ``mean`` (e,), ``scores`` (p, r) = U·S, ``directions``
-    (r, e) = Vᵀ, ``singular_values`` (r,), r = min(p, e), in decreasing order."""
-
-    mean: jax.Array
-    scores: jax.Array
-    directions: jax.Array
-    singular_values: jax.Array
-
-
-def pca(table: jax.Array) -> PCA:
-    """Centred PCA of an embedding table (p, e) by SVD (see :class:`PCA`)."""
-    mean = jnp.mean(table, axis=0)
-    u, s, vt = jnp.linalg.svd(table - mean, full_matrices=False)
-    return PCA(mean, u * s, vt, s)
+from phasespace.analysis.metrics import PCA, fourier_power
 
 
 def modular_inverses(p: int) -> np.ndarray:
@@ -51,7 +32,7 @@ def key_frequencies(decomp: PCA, p: int, n_components: int) -> dict[str, jax.Arr
     components (SPEC §5.4).
 
     Args:
-        decomp: the table's :func:`pca`.
+        decomp: the table's :func:`phasespace.analysis.metrics.pca`.
         p: modulus (the table has p rows).
         n_components: number of leading components n (≤ r).
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace.analysis import circles, metrics
+from phasespace.analysis import circles, classify, metrics
 from phasespace.analysis.network import analyze_population
-from phasespace.defaults import ALGORITHMS, DI_METRICS
-from phasespace.models.fast import logits_table
+from phasespace.defaults import DI_METRICS, N_TRIPLES, TRIPLE_SEED
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
 from phasespace.tasks import all_pairs
 
@@ -37,20 +36,17 @@ class CircuitOptions:
         min_power: a component belongs to a circle only if its Fourier energy fraction at its
             key frequency is ≥ this.
         min_circle_components: components needed to form a circle (2: a cos/sin pair).
-        circular_threshold: circular iff circularity ≥ this (SPEC §5.3, 0.995).
-        gs_threshold: Pizza-like iff gradient symmetricity > this (SPEC §5.7, 0.98).
-        di_threshold: Pizza-like iff distance irrelevance < this (SPEC §5.7, 0.6).
         di_metric: which distance irrelevance the classification uses: ``distance_irrelevance``
             (correct logit, paper Def. 4.2) or ``distance_irrelevance_largest_wrong`` (the
             published tables' variant).
+
+    The label thresholds are not options of the circuit pass: :func:`analyze_full` reads them
+    from the same ``[analysis]`` mapping (:func:`phasespace.analysis.classify.thresholds`).
     """
 
     n_components: int = 12
     min_power: float = 0.9
     min_circle_components: int = 2
-    circular_threshold: float = metrics.CIRCULAR_THRESHOLD
-    gs_threshold: float = 0.98
-    di_threshold: float = 0.6
     di_metric: str = "distance_irrelevance"
 
     def __post_init__(self) -> None:
@@ -114,10 +110,29 @@ def isolated_logits(
     """
     tokens, _ = all_pairs(arch.task)
     ta, tb = embedding_tables(arch, params)
-    a = circles.isolate(circles.pca(ta), keep_a)
-    b = a if shares_table(arch) else circles.isolate(circles.pca(tb), keep_a if keep_b is None else keep_b)
+    pa = metrics.pca(ta)
+    pb = pa if shares_table(arch) else metrics.pca(tb)
+    keep = (keep_a, keep_a if keep_b is None else keep_b)
+    return apply_isolated(arch, params, pa, pb, keep, attention_rate, attn_scale, jnp.asarray(tokens))
+
+
+def apply_isolated(
+    arch: Arch,
+    params: Any,
+    pca_a: metrics.PCA,
+    pca_b: metrics.PCA,
+    keep: tuple[jax.Array, jax.Array],
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    tokens: jax.Array,
+) -> jax.Array:
+    """The one circle isolation (SPEC §5.5): the network applied to ``tokens`` with its operand
+    table(s) rebuilt from the kept components of their PCA (``keep`` = (first table's, second
+    table's); a shared table uses the first) and every other weight unchanged."""
+    a = circles.isolate(pca_a, keep[0])
+    b = a if shares_table(arch) else circles.isolate(pca_b, keep[1])
     iso = set_embedding_tables(arch, params, a, b)
-    return logits_table(arch, iso, attention_rate, attn_scale, jnp.asarray(tokens))  # fast path if 1 layer
+    return make_model(arch).apply(iso, tokens, attention_rate, attn_scale)
 
 
 def circuit_network(
@@ -161,18 +176,72 @@ def circuit_network(
         * ``circles_accuracy``: accuracy with all circles kept together (NaN with none);
           ``circularity_b``: circularity (SPEC §5.3) of the second operand's table.
     """
-    p = arch.p
-    n = opts.components(arch)
-    n_c = opts.circle_slots(arch)
-    model = make_model(arch)
+    found = find_circles(arch, opts, params)
+    fits = isolate_circles(arch, params, found, attention_rate, attn_scale, tokens, labels)
+    k, members, fa = found.frequency, found.members, found.keys_a
+    present = jnp.arange(k.shape[0]) < found.count
+    nan = jnp.float32(jnp.nan)
+    return {
+        "pc_frequency": fa["frequency"],
+        "pc_delta": fa["delta"],
+        "pc_power": fa["power"],
+        "pc_variance": fa["variance"],
+        "pc_frequency_b": found.keys_b["frequency"],
+        "n_circles": found.count,
+        "circle_frequency": k,
+        "circle_delta": circles.delta_of(k, arch.p),
+        "circle_components": jnp.sum(members, axis=1).astype(jnp.int32),
+        "circle_variance": jnp.sum(jnp.where(members, fa["variance"][None, :], 0.0), axis=1),
+        "circle_accompanies": found.accompanies,
+        "circle_accuracy": jnp.where(present, fits["accuracy"], nan),
+        "circle_accuracy_by_difference": jnp.where(present[:, None], fits["accuracy_by_difference"], nan),
+        "circle_fve_clock": jnp.where(present, fits["fve_clock"], nan),
+        "circle_fve_pizza": jnp.where(present, fits["fve_pizza"], nan),
+        "circle_fve_accompanying": jnp.where(
+            present & (found.accompanies > 0), fits["fve_accompanying"], nan
+        ),
+        "circles_accuracy": jnp.where(found.count > 0, fits["all_accuracy"], nan),
+        "circularity_b": metrics.circularity(found.table_b),
+    }
+
+
+class FoundCircles(NamedTuple):
+    """The circles of one network's operand embedding tables (SPEC §5.4), from :func:`find_circles`.
+
+    Attributes:
+        pca_a, pca_b: the PCA of the first and second operand's table (the same for a shared one).
+        keys_a, keys_b: their :func:`~phasespace.analysis.circles.key_frequencies` (n,).
+        frequency: int32 (C,) key frequency of each circle slot (0: empty).
+        members, members_b: bool (C, n): each circle's components in either table.
+        count: int32, the number of circles.
+        accompanies: int32 (C,) k′ of the earlier circle each accompanies (0: none).
+        table_b: the second operand's table (p, e).
+    """
+
+    pca_a: metrics.PCA
+    pca_b: metrics.PCA
+    keys_a: dict[str, jax.Array]
+    keys_b: dict[str, jax.Array]
+    frequency: jax.Array
+    members: jax.Array
+    members_b: jax.Array
+    count: jax.Array
+    accompanies: jax.Array
+    table_b: jax.Array
+
+
+def find_circles(arch: Arch, opts: CircuitOptions, params: Any) -> FoundCircles:
+    """Key frequencies and circles of one network (SPEC §5.4): found in the first operand's table;
+    in a separate second table, the components of each circle's key frequency."""
+    p, n, n_c = arch.p, opts.components(arch), opts.circle_slots(arch)
     shared = shares_table(arch)
     ta, tb = embedding_tables(arch, params)
-    pa = circles.pca(ta)
+    pa = metrics.pca(ta)
     fa = circles.key_frequencies(pa, p, n)
     if shared:
         pb, fb = pa, fa
     else:
-        pb = circles.pca(tb)
+        pb = metrics.pca(tb)
         fb = circles.key_frequencies(pb, p, n)
     k, members, count = circles.group_circles(
         fa["frequency"], fa["power"], n_c, opts.min_power, opts.min_circle_components
@@ -180,13 +249,28 @@ def circuit_network(
     members_b = (
         members if shared else circles.members_by_frequency(k, fb["frequency"], fb["power"], opts.min_power)
     )
-    present = jnp.arange(n_c) < count
-    main = circles.accompanied_frequency(k, p)
+    return FoundCircles(pa, pb, fa, fb, k, members, members_b, count, circles.accompanied_frequency(k, p), tb)
+
+
+def isolate_circles(
+    arch: Arch,
+    params: Any,
+    found: FoundCircles,
+    attention_rate: jax.Array,
+    attn_scale: jax.Array,
+    tokens: jax.Array,
+    labels: jax.Array,
+) -> dict[str, jax.Array]:
+    """The network with only one circle kept, for each circle slot, and with all circles kept
+    (SPEC §5.5): ``accuracy`` (C,), ``accuracy_by_difference`` (C, p), ``fve_clock``,
+    ``fve_pizza``, ``fve_accompanying`` (C,) and ``all_accuracy`` (a scalar). Empty slots are
+    computed too (fixed shapes); :func:`circuit_network` masks them."""
+    p = arch.p
 
     def run(keep: tuple[jax.Array, jax.Array]) -> jax.Array:
-        a = circles.isolate(pa, keep[0])
-        b = a if shared else circles.isolate(pb, keep[1])
-        return model.apply(set_embedding_tables(arch, params, a, b), tokens, attention_rate, attn_scale)
+        return apply_isolated(
+            arch, params, found.pca_a, found.pca_b, keep, attention_rate, attn_scale, tokens
+        )
 
     def one_circle(args):
         keep_a, keep_b, kc, km = args
@@ -202,30 +286,17 @@ def circuit_network(
             circles.logit_fve(o, circles.accompanying_logits(p, km)),
         )
 
-    acc, by_diff, fve_c, fve_p, fve_a = jax.lax.map(one_circle, (members, members_b, k, main))
-    nan = jnp.float32(jnp.nan)
-    all_logits = run((jnp.any(members, axis=0), jnp.any(members_b, axis=0)))
-    all_acc = jnp.mean(jnp.argmax(all_logits, axis=-1) == labels)
-    comp = jnp.sum(members, axis=1).astype(jnp.int32)
+    acc, by_diff, fve_c, fve_p, fve_a = jax.lax.map(
+        one_circle, (found.members, found.members_b, found.frequency, found.accompanies)
+    )
+    all_logits = run((jnp.any(found.members, axis=0), jnp.any(found.members_b, axis=0)))
     return {
-        "pc_frequency": fa["frequency"],
-        "pc_delta": fa["delta"],
-        "pc_power": fa["power"],
-        "pc_variance": fa["variance"],
-        "pc_frequency_b": fb["frequency"],
-        "n_circles": count,
-        "circle_frequency": k,
-        "circle_delta": circles.delta_of(k, p),
-        "circle_components": comp,
-        "circle_variance": jnp.sum(jnp.where(members, fa["variance"][None, :], 0.0), axis=1),
-        "circle_accompanies": main,
-        "circle_accuracy": jnp.where(present, acc, nan),
-        "circle_accuracy_by_difference": jnp.where(present[:, None], by_diff, nan),
-        "circle_fve_clock": jnp.where(present, fve_c, nan),
-        "circle_fve_pizza": jnp.where(present, fve_p, nan),
-        "circle_fve_accompanying": jnp.where(present & (main > 0), fve_a, nan),
-        "circles_accuracy": jnp.where(count > 0, all_acc, nan),
-        "circularity_b": metrics.circularity(tb),
+        "accuracy": acc,
+        "accuracy_by_difference": by_diff,
+        "fve_clock": fve_c,
+        "fve_pizza": fve_p,
+        "fve_accompanying": fve_a,
+        "all_accuracy": jnp.mean(jnp.argmax(all_logits, axis=-1) == labels),
     }
 
 
@@ -263,37 +334,6 @@ def analyze_circuits(
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def classify(
-    circularity: np.ndarray,
-    gradient_symmetricity: np.ndarray,
-    distance_irrelevance: np.ndarray,
-    opts: CircuitOptions = CircuitOptions(),
-) -> np.ndarray:
-    """Algorithm class per network (SPEC §5.7), an index into :data:`ALGORITHMS`.
-
-    non-circular (0) iff circularity < ``circular_threshold``; among circular networks Pizza (1)
-    iff gradient symmetricity > ``gs_threshold`` and distance irrelevance < ``di_threshold``,
-    Clock (2) iff neither holds, mixed (3) if exactly one holds (or a metric is NaN).
-
-    Args:
-        circularity, gradient_symmetricity, distance_irrelevance: float arrays (R,).
-
-    Returns:
-        int64 (R,).
-    """
-    circ = np.asarray(circularity, np.float64) >= opts.circular_threshold
-    gs = np.asarray(gradient_symmetricity, np.float64)
-    di = np.asarray(distance_irrelevance, np.float64)
-    with np.errstate(invalid="ignore"):
-        pizza_gs, clock_gs = gs > opts.gs_threshold, gs <= opts.gs_threshold
-        pizza_di, clock_di = di < opts.di_threshold, di >= opts.di_threshold
-    code = np.full(circ.shape, 3, np.int64)
-    code[pizza_gs & pizza_di] = 1
-    code[clock_gs & clock_di] = 2
-    code[~circ] = 0
-    return code
-
-
 SCALAR_CIRCUIT_FIELDS = ("n_circles", "circles_accuracy", "circularity_b")
 CIRCLE_COLUMN_FIELDS = {
     "k": "circle_frequency",
@@ -324,13 +364,15 @@ def analyze_full(
     analysis: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every metric of R networks of one bucket: the core pass (:func:`analyze_population`),
-    the circuit pass (:func:`analyze_circuits`) and the classification (:func:`classify`).
+    the circuit pass (:func:`analyze_circuits`) and the classification
+    (:func:`phasespace.analysis.classify.algorithm`).
 
     Args:
         arch: bucket architecture; params: leaves (R, ...).
         hparams: ``attention_rate``, ``attn_scale`` (R,) and ``train_mask`` (R, p²).
-        analysis: options (a spec's ``[analysis]`` table): ``n_triples``, ``triple_seed`` and the
-            fields of :class:`CircuitOptions`; defaults where missing.
+        analysis: options (a spec's ``[analysis]`` table): ``n_triples``, ``triple_seed``, the
+            fields of :class:`CircuitOptions` and the label thresholds
+            (:data:`phasespace.defaults.THRESHOLDS`); defaults where missing.
 
     Returns:
         ``(scalars, arrays)``: per-network scalars (R,) — every field of
@@ -347,17 +389,18 @@ def analyze_full(
         hparams["attention_rate"],
         hparams["attn_scale"],
         hparams["train_mask"],
-        n_triples=int(analysis.get("n_triples", 100)),
-        triple_seed=int(analysis.get("triple_seed", 42)),
+        n_triples=int(analysis.get("n_triples", N_TRIPLES)),
+        triple_seed=int(analysis.get("triple_seed", TRIPLE_SEED)),
     )
     circ = analyze_circuits(arch, params, hparams["attention_rate"], hparams["attn_scale"], opts)
     scalars: dict[str, np.ndarray] = dict(core)
     for k in SCALAR_CIRCUIT_FIELDS:
         scalars[k] = circ[k]
-    code = classify(core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], opts)
-    scalars["circular"] = core["circularity"] >= opts.circular_threshold
+    th = classify.thresholds(analysis)
+    code = classify.algorithm(core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], **th)
+    scalars["circular"] = classify.circular_mask(core["circularity"], th["circular_threshold"])
     scalars["algorithm_code"] = code
-    scalars["algorithm"] = np.asarray([ALGORITHMS[c] for c in code])
+    scalars["algorithm"] = classify.algorithm_names(code)
     arrays = {k: v for k, v in circ.items() if k not in SCALAR_CIRCUIT_FIELDS}
     n_slots = circ["circle_frequency"].shape[1]
     for i in range(1, n_slots + 1):

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-CIRCULAR_THRESHOLD = 0.995
-"""A network is circular iff circularity ≥ this (SPEC §5.3)."""
-
+from phasespace.defaults import N_TRIPLES, TRIPLE_SEED
 
 # --------------------------------------------------------------------------------------------- #
 # Gradient symmetricity (SPEC §5.1, paper Def. 4.1)
 
 
-def reference_triples(p: int, n: int = 100, seed: int = 42) -> np.ndarray:
+def reference_triples(p: int, n: int = N_TRIPLES, seed: int = TRIPLE_SEED) -> np.ndarray:
     """The reference sample S of (a, b, c) triples for gradient symmetricity (SPEC §5.1).
 
     All p³ triples in lexicographic order (a, then b, then c), shuffled with Python's
@@ -129,20 +128,23 @@ def distance_irrelevance_largest_wrong(logits: jax.Array, p: int) -> jax.Array:
 # Circularity and key frequencies (SPEC §5.3, §5.4)
 
 
-def pca_scores(embedding: jax.Array, n_components: int) -> tuple[jax.Array, jax.Array]:
-    """Centred PCA of token-embedding vectors.
+class PCA(NamedTuple):
+    """Centred PCA of a table (p, e): ``mean`` (e,), ``scores`` (p, r) = U·S (score vectors u_j),
+    ``directions`` (r, e) = Vᵀ, ``singular_values`` (r,), r = min(p, e), in decreasing order of
+    explained variance."""
 
-    Args:
-        embedding: float32 (p, d): one row per token.
-        n_components: number of leading components kept (≤ min(p, d)).
+    mean: jax.Array
+    scores: jax.Array
+    directions: jax.Array
+    singular_values: jax.Array
 
-    Returns:
-        ``(scores, singular_values)``: (p, n_components) score vectors u_j (= U_j · σ_j) and their
-        singular values (n_components,), in decreasing order of explained variance.
-    """
-    centred = embedding - jnp.mean(embedding, axis=0, keepdims=True)
-    u, s, _ = jnp.linalg.svd(centred, full_matrices=False)
-    return u[:, :n_components] * s[:n_components], s[:n_components]
+
+def pca(table: jax.Array) -> PCA:
+    """Centred PCA of an embedding table (p, e) (one row per token) by SVD (see :class:`PCA`);
+    the one PCA of circularity (SPEC §5.3), key frequencies and circle isolation (§5.4, §5.5)."""
+    mean = jnp.mean(table, axis=0)
+    u, s, vt = jnp.linalg.svd(table - mean, full_matrices=False)
+    return PCA(mean, u * s, vt, s)
 
 
 def fourier_power(scores: jax.Array) -> jax.Array:
@@ -173,7 +175,7 @@ def circularity(embedding: jax.Array, n_components: int = 4) -> jax.Array:
     Mean over the first ``n_components`` principal components of
     c_j = clip(max_k 2|Σ_t u_t e^{−2πikt/p}|² / (p Σ_t u_t²), 0, 1). Invariant to the sign of a
     component and to rotations within a pair of components of equal variance. A network is
-    circular iff circularity ≥ :data:`CIRCULAR_THRESHOLD` (0.995).
+    circular iff circularity ≥ :data:`phasespace.defaults.CIRCULAR_THRESHOLD`.
 
     Args:
         embedding: float32 (p, d): the token-embedding vectors of tokens 0…p−1 (W_E[:, :p]ᵀ).
@@ -182,19 +184,12 @@ def circularity(embedding: jax.Array, n_components: int = 4) -> jax.Array:
     Returns:
         float32 scalar in [0, 1].
     """
-    scores, _ = pca_scores(embedding, n_components)
-    power = fourier_power(scores)
+    power = fourier_power(pca(embedding).scores[:, :n_components])
     return jnp.mean(jnp.clip(jnp.max(power, axis=1), 0.0, 1.0))
 
 
 # --------------------------------------------------------------------------------------------- #
-# Accuracy and norms (SPEC §5.6)
-
-
-def correct_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Number of pairs with ``mask`` whose argmax logit is the label (int32 scalar; ties → lowest
-    class, as ``torch.argmax``)."""
-    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask).astype(jnp.int32)
+# Norms (SPEC §5.6)
 
 
 def param_norm(params) -> jax.Array:

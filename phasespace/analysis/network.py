@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from phasespace.analysis import faults, metrics
+from phasespace.defaults import N_TRIPLES, TRIPLE_SEED
 from phasespace.models.fast import logits_table
 from phasespace.models.registry import embed_method, embedding_tables, make_model
 from phasespace.models.transformer import TransformerArch
-from phasespace.tasks import all_pairs
-from phasespace.training.step import cross_entropy
+from phasespace.tasks import all_pairs, encode
+from phasespace.training.step import split_statistics
 
 METRICS = (
     "loss",
@@ -33,14 +34,6 @@ METRICS = (
     "degenerate",
 )
 """Per-network fields returned by :func:`analyze_population` (besides split-wise accuracy/loss)."""
-
-
-def _triple_tokens(arch: TransformerArch, triples: np.ndarray) -> np.ndarray:
-    a, b = triples[:, 0], triples[:, 1]
-    cols = [a, b + arch.p if arch.diff_vocab else b]
-    if arch.eqn_sign:
-        cols.append(np.full_like(a, arch.vocab - 1))
-    return np.stack(cols, axis=1).astype(np.int32)
 
 
 def analyze_network(
@@ -78,13 +71,7 @@ def analyze_network(
     model = make_model(arch)
     p = arch.p
     logits = logits_table(arch, params, attention_rate, attn_scale, tokens, fast)
-    losses = cross_entropy(logits, labels)
-    correct = jnp.argmax(logits, axis=-1) == labels
-    n = labels.shape[0]
-    n_tr = jnp.sum(train_mask)
-    n_te = n - n_tr
-    tr_c = jnp.sum(correct & train_mask)
-    te_c = jnp.sum(correct & ~train_mask)
+    split = split_statistics(logits, labels, train_mask)
 
     emb = model.apply(params, triple_tokens, method=embed_method(arch))
 
@@ -94,12 +81,9 @@ def analyze_network(
     gs, zero = metrics.gradient_symmetricity(logit_of, emb, triple_classes)
     table_a, _ = embedding_tables(arch, params)
     out = {
-        "loss": jnp.mean(losses),
-        "accuracy": jnp.sum(correct) / n,
-        "train_loss": jnp.sum(jnp.where(train_mask, losses, 0.0)) / n_tr,
-        "test_loss": jnp.sum(jnp.where(train_mask, 0.0, losses)) / jnp.maximum(n_te, 1),
-        "train_accuracy": tr_c / n_tr,
-        "test_accuracy": te_c / jnp.maximum(n_te, 1),
+        "loss": jnp.mean(split["losses"]),
+        "accuracy": jnp.sum(split["correct"]) / labels.shape[0],
+        **{k: split[k] for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy")},
         "gradient_symmetricity": gs,
         "gradient_symmetricity_zero_grads": zero,
         "distance_irrelevance": metrics.distance_irrelevance(logits, p),
@@ -124,8 +108,8 @@ def analyze_population(
     attention_rate: Any,
     attn_scale: Any,
     train_mask: Any,
-    n_triples: int = 100,
-    triple_seed: int = 42,
+    n_triples: int = N_TRIPLES,
+    triple_seed: int = TRIPLE_SEED,
     fast: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every metric of :func:`analyze_network` for R networks in one jitted, vmapped call.
@@ -152,7 +136,7 @@ def analyze_population(
             jnp.asarray(train_mask, bool),
             jnp.asarray(tokens),
             jnp.asarray(labels),
-            jnp.asarray(_triple_tokens(arch, triples)),
+            jnp.asarray(encode(arch.task, triples[:, 0], triples[:, 1])),
             jnp.asarray(triples[:, 2]),
         )
     return {k: np.asarray(v) for k, v in out.items()}

@@ -222,7 +222,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Measured float32 matmul peak: **{peak / 1e9:.1f} GFLOP/s**. p = {res['p']}. Rates are "
         "network-steps/s (one optimizer step of one network over all p² pairs), best of the timed "
-        "chunks. FLOP/s are analytic counts per network-step (phasespace/flops.py) × rate; "
+        "chunks. FLOP/s are analytic counts per network-step (phasespace/population/flops.py) × rate; "
         "'plain-equivalent' counts the plain model's arithmetic for the same steps.",
         "",
         "| d_model | R | engine (fast) | % of peak | plain-equiv. GFLOP/s | engine (plain) | % of peak "

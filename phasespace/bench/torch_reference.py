@@ -2,7 +2,8 @@
 
 Written the way the paper's reference implementation trains a transformer (SPEC §2, §4): a
 ``nn.Module`` over the whole sequence (both positions, logits read at the last), full-batch AdamW
-(betas 0.9/0.98, weight decay 2.0, warm-up lr·min(t/10, 1)), the cross-entropy evaluated in
+(the transformer betas of :data:`phasespace.defaults.RECIPE_DEFAULTS`, weight decay 2.0, warm-up
+lr·min(t/10, 1)), the cross-entropy evaluated in
 float64, and each step also evaluating the held-out pairs (no gradient) — the same function the
 engine computes per network-step (train loss and gradient, held-out loss and accuracy).
 
@@ -20,6 +21,8 @@ import time
 import numpy as np
 import torch
 from torch import nn
+
+from phasespace.defaults import RECIPE_DEFAULTS
 
 
 class RefTransformer(nn.Module):
@@ -87,7 +90,14 @@ def train_steps_per_second(
     best = math.inf
     for _ in range(repeats):
         model = RefTransformer(p, d_model)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=2.0)
+        recipe = RECIPE_DEFAULTS["transformer"]
+        opt = torch.optim.AdamW(
+            model.parameters(),
+            lr=1e-3,
+            betas=(recipe["b1"], recipe["b2"]),
+            eps=recipe["eps"],
+            weight_decay=2.0,
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(t / 10, 1.0))
 
         def step(model: RefTransformer = model, opt: torch.optim.Optimizer = opt, sched=sched) -> None:

@@ -44,9 +44,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from phasespace.defaults import THRESHOLDS
 from phasespace.io import store
 from phasespace.population.buckets import Bucket
-from phasespace.spec.parse import SpecError, SweepSpec
+from phasespace.spec.parse import MOVED_KEYS, SpecError, SweepSpec
 from phasespace.training.step import HISTORY_FIELDS, TrainState
 
 T = TypeVar("T")
@@ -54,14 +55,22 @@ T = TypeVar("T")
 FORMAT = 1
 """Version of the checkpoint layout written by this module."""
 
-RESUME_FREE_FIELDS = ("name", "train.chunk_steps", "train.checkpoint_every")
+RESUME_FREE_FIELDS = (
+    "name",
+    "train.chunk_steps",
+    "train.checkpoint_every",
+    *(f"analysis.{k}" for k in THRESHOLDS),
+    *(k for k in MOVED_KEYS if k.startswith("analysis.")),
+)
 """Spec fields that may change between a run and its resume (they do not change results: chunk
-boundaries do not change the arithmetic of the scanned steps). Every other field of the resolved
-spec must match, including ``train.log_every`` (it fixes which history columns are kept)."""
+boundaries do not change the arithmetic of the scanned steps; the label thresholds, under their
+names of today and of earlier specs, are applied to the finished table). Every other field of
+the resolved spec must match, including ``train.log_every`` (it fixes which history columns are
+kept)."""
 
 RESUME_FREE_TABLES = ("phase.",)
-"""Spec tables that may change too: the phase diagram's binning and thresholds are applied after
-training, to the finished table."""
+"""Spec tables that may change too: the phase diagram's binning is applied after training, to the
+finished table."""
 
 KEEP_CHECKPOINTS = 2
 """Complete checkpoints kept per bucket (the latest and one to fall back on)."""

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from phasespace.analysis import classify
 from phasespace.io import store
 from phasespace.phase import diagram
 from phasespace.spec.parse import PHASE_DEFAULTS
@@ -216,7 +217,7 @@ class Comparison:
             family (``group_by=()``: the filters of :func:`select` fix the architecture).
         diff: ``binned__*__mean`` and ``transition__*__alpha_star`` arrays of side 0 minus side 1,
             for keys present on both sides.
-        options: the phase options used (shared bin edges).
+        options: the binning options (shared bin edges) and label thresholds used.
         notes: settings that differ between the sides (modulus, steps, …), to read the
             differences with.
     """
@@ -243,6 +244,7 @@ def compare(
     names: tuple[str, str] = ("A", "B"),
     options: Mapping[str, Any] | None = None,
     filters: Mapping[str, Any] | None = None,
+    thresholds: Mapping[str, Any] | None = None,
 ) -> Comparison:
     """Bin two tables alike and fit α* per width bin on each (SPEC §6).
 
@@ -252,6 +254,8 @@ def compare(
         options: :data:`phasespace.spec.parse.PHASE_DEFAULTS` fields; by default 10 attention-rate bins
             on [0, 1] and octave width bins shared by both sides.
         filters: keyword arguments of :func:`select` (default: 1 layer, ReLU, standard tokens).
+        thresholds: the label thresholds (:data:`phasespace.defaults.THRESHOLDS` names; the
+            defaults where missing).
 
     Returns:
         :class:`Comparison`; ``diff`` is side a minus side b (zero for a table against itself).
@@ -267,8 +271,8 @@ def compare(
         else [1.0, 2.0]
     )
     opts.update(options or {})
-    pa = diagram.phase_arrays(sa, opts, group_by=())
-    pb = diagram.phase_arrays(sb, opts, group_by=())
+    pa = diagram.phase_arrays(sa, opts, group_by=(), thresholds=thresholds)
+    pb = diagram.phase_arrays(sb, opts, group_by=(), thresholds=thresholds)
     diff = {}
     for k in pa:
         if k in pb and (k.endswith("__mean") or k.endswith("__alpha_star")):
@@ -282,7 +286,7 @@ def compare(
             va, vb = (np.unique(np.asarray(x[key])) for x in (sa, sb))
             if len(va) and len(vb) and (len(va) != len(vb) or np.any(va != vb)):
                 notes.append(f"{key} differs: A {_values(va)}; B {_values(vb)}")
-    return Comparison(names, (ca, cb), (pa, pb), diff, opts, notes)
+    return Comparison(names, (ca, cb), (pa, pb), diff, {**opts, **classify.thresholds(thresholds)}, notes)
 
 
 def _values(v: np.ndarray, n: int = 5) -> str:
@@ -349,7 +353,7 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
         f"{'d_model':>9} {'subset':>8} {'label':>33} {'n A':>5} {'α* A':>14} "
         f"{'n B':>5} {'α* B':>14} {'A−B':>7}"
     )
-    labels = [k for k in diagram.LABELS if f"transition__all__{k}__alpha_star" in pa]
+    labels = [k for k in classify.LABELS if f"transition__all__{k}__alpha_star" in pa]
     for wi in range(len(w_edges) - 1):
         for subset in subsets:
             for lab in labels:
@@ -380,7 +384,7 @@ def comparison_rows(c: Comparison) -> list[dict[str, Any]]:
     rows = []
     for wi in range(len(w_edges) - 1):
         for subset in diagram.SUBSETS:
-            for lab in diagram.LABELS:
+            for lab in classify.LABELS:
                 key = f"transition__{subset}__{lab}"
                 if f"{key}__alpha_star" not in pa or f"{key}__alpha_star" not in pb:
                     continue

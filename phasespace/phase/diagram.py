@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from phasespace.spec.parse import PHASE_DEFAULTS, check_phase_options
+from phasespace.analysis import classify
+from phasespace.spec.parse import MOVED_KEYS, PHASE_DEFAULTS, check_phase_options
 
 PHASE_METRICS = (
     "gradient_symmetricity",
@@ -136,18 +137,6 @@ pooled into one phase statistic (``phase_arrays(group_by=...)``)."""
 SUBSETS = ("all", "circular")
 """Network subsets of the binned arrays: every network with finite metrics, and the circular
 ones (circularity ≥ ``circular_threshold``, the filter of the paper's figures)."""
-
-LABELS: dict[str, tuple[str, str, str]] = {
-    "symmetric": ("gradient_symmetricity", ">", "symmetric_threshold"),
-    "distance_dependent": ("distance_irrelevance", "<", "irrelevance_threshold"),
-    "distance_dependent_largest_wrong": (
-        "distance_irrelevance_largest_wrong",
-        "<",
-        "irrelevance_threshold",
-    ),
-}
-"""Classification labels (SPEC §5.7): name → (metric, comparison, threshold option). Each is
-1.0 on the Pizza side, 0.0 on the Clock side, NaN where the metric is NaN."""
 
 BIN_METRICS = (
     "gradient_symmetricity",
@@ -333,36 +322,6 @@ def binned_stats(
     }
 
 
-def circular_mask(runs: Mapping[str, np.ndarray], threshold: float = 0.995) -> np.ndarray:
-    """Circular networks (SPEC §5.3): bool (R,), circularity ≥ ``threshold`` (NaN → False)."""
-    c = np.asarray(runs["circularity"], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(c) & (c >= threshold)
-
-
-def classify(
-    runs: Mapping[str, np.ndarray],
-    symmetric_threshold: float = 0.98,
-    irrelevance_threshold: float = 0.6,
-) -> dict[str, np.ndarray]:
-    """Classification labels of :data:`LABELS` (SPEC §5.7) for every metric present in ``runs``.
-
-    Returns:
-        label name → float64 (R,): 1.0 (Pizza side: gradient symmetricity > ``symmetric_threshold``
-        / distance irrelevance < ``irrelevance_threshold``), 0.0, or NaN where the metric is NaN.
-    """
-    th = {"symmetric_threshold": symmetric_threshold, "irrelevance_threshold": irrelevance_threshold}
-    out = {}
-    for name, (metric, op, key) in LABELS.items():
-        if metric not in runs:
-            continue
-        m = np.asarray(runs[metric], dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            y = m > th[key] if op == ">" else m < th[key]
-        out[name] = np.where(np.isfinite(m), y.astype(np.float64), np.nan)
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class Transition:
     """A transition fit: P(label = 1 | α) = σ(intercept + slope · α) (SPEC §5.7, §6).
@@ -506,6 +465,7 @@ def phase_arrays(
     options: Mapping[str, Any] | None = None,
     sampled: Sequence[str] = (),
     group_by: Sequence[str] = FAMILY_AXES,
+    thresholds: Mapping[str, Any] | None = None,
     labels: Mapping[str, np.ndarray] | None = None,
     circular: np.ndarray | None = None,
 ) -> dict:
@@ -524,10 +484,12 @@ def phase_arrays(
             distinct values (octaves for d_model, 10 bins for the attention rate).
         group_by: the columns whose distinct combinations are the families
             (:func:`family_index`); ``()`` pools every network into one family ``"all"``.
+        thresholds: the label thresholds, e.g. a spec's ``[analysis]`` options (other keys are
+            ignored; :func:`phasespace.analysis.classify.thresholds`).
         labels: the 0/1/NaN label columns (name → (R,)) to bin and fit; default
-            :func:`classify` of ``runs`` with the thresholds of ``options``.
-        circular: bool (R,), the ``circular`` subset; default :func:`circular_mask` of ``runs``
-            with ``options["circular_threshold"]``.
+            :func:`phasespace.analysis.classify.labels` of ``runs`` with ``thresholds``.
+        circular: bool (R,), the ``circular`` subset; default
+            :func:`phasespace.analysis.classify.circular_mask` with ``thresholds``.
 
     Returns:
         dict of arrays for ``phase.npz``, each kind with its axis names under ``dims__<kind>``:
@@ -540,18 +502,23 @@ def phase_arrays(
           ``attention_rate_bin`` (n_a,); the bins are shared by every family;
         * ``binned__<subset>__<metric>__<stat>`` (G, n_w, n_a), dims ``("family",
           "d_model_bin", "attention_rate_bin")`` (``dims__binned``), for subset in
-          :data:`SUBSETS`, every present metric of :data:`BIN_METRICS`, every label and
-          ``circular`` (labels and ``circular`` as 0/1, so their mean is the fraction), stat in
-          :data:`STATS`;
+          :data:`SUBSETS`, every present metric of :data:`BIN_METRICS`, every label of
+          :func:`phasespace.analysis.classify.labels` and ``circular`` (labels and ``circular``
+          as 0/1, so their mean is the fraction), stat in :data:`STATS`;
         * ``transition__<subset>__<label>__<field>`` (G, n_w), dims ``("family",
           "d_model_bin")`` (``dims__transition``), field in :data:`TRANSITION_FIELDS`, from
           :func:`fit_transition` of the label on α within each family and width bin
           (``status`` as a str array of :data:`STATUS` names);
-        * ``options`` (JSON string of the options used).
+        * ``options`` (JSON string of the binning options and thresholds used).
     """
     opts = dict(PHASE_DEFAULTS)
-    opts.update(options or {})
+    for k, v in (options or {}).items():
+        if k not in PHASE_DEFAULTS:
+            moved = MOVED_KEYS.get(f"phase.{k}")
+            raise ValueError(f"phase.{k}: " + (f"moved to {moved}" if moved else "not a binning option"))
+        opts[k] = v
     check_phase_options(opts)
+    th = classify.thresholds(thresholds)
     width = np.asarray(runs[WIDTH_AXIS], dtype=np.float64)
     alpha = np.asarray(runs[ALPHA_AXIS], dtype=np.float64)
     if WIDTH_AXIS in sampled and opts["width_bins"] == "auto":
@@ -576,13 +543,18 @@ def phase_arrays(
         f"edges__{BIN_DIMS[0]}": w_edges,
         f"coord__{BIN_DIMS[1]}": a_coord,
         f"edges__{BIN_DIMS[1]}": a_edges,
-        "options": np.asarray(json.dumps(opts, sort_keys=True)),
+        "options": np.asarray(json.dumps({**opts, **th}, sort_keys=True)),
     }
     for c in families["axes"]:
         out[f"family__{c}"] = families[str(c)]
-    circ = circular_mask(runs, opts["circular_threshold"]) if circular is None else np.asarray(circular, bool)
+    if circular is None:
+        circ = classify.circular_mask(runs["circularity"], th["circular_threshold"])
+    else:
+        circ = np.asarray(circular, bool)
     if labels is None:
-        labels = classify(runs, opts["symmetric_threshold"], opts["irrelevance_threshold"])
+        labels = classify.labels(
+            runs, th["gradient_symmetricity_threshold"], th["distance_irrelevance_threshold"]
+        )
     labels = {k: np.asarray(v, dtype=np.float64) for k, v in labels.items()}
     cols: dict[str, np.ndarray] = {m: np.asarray(runs[m], dtype=np.float64) for m in BIN_METRICS if m in runs}
     cols.update(labels)

@@ -14,6 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from phasespace.analysis import classify
+from phasespace.defaults import (
+    CIRCULAR_THRESHOLD,
+    DISTANCE_IRRELEVANCE_THRESHOLD,
+    GRADIENT_SYMMETRICITY_THRESHOLD,
+)
 from phasespace.io.store import write_bytes
 from phasespace.phase.diagram import FAMILY_AXES, bin_index, bin_label, family_index, family_slugs
 
@@ -46,19 +52,25 @@ def draw_safely(path: str, plot: Callable[..., Any], *args: Any, **kwargs: Any) 
 
 
 def plot_metrics_vs_attention_rate(
-    runs: Mapping[str, np.ndarray], path: str, title: str = "", circular_threshold: float = 0.995
+    runs: Mapping[str, np.ndarray],
+    path: str,
+    title: str = "",
+    thresholds: Mapping[str, float] | None = None,
 ) -> None:
     """Two panels against the attention rate α: gradient symmetricity and distance irrelevance
     (correct logit and largest-wrong variant). Each network is a point (filled if circular,
-    i.e. circularity ≥ ``circular_threshold``); the line is the mean per α.
+    i.e. circularity ≥ ``circular_threshold``); the line is the mean per α; the label
+    thresholds are dotted lines.
 
     Args:
         runs: runs-table columns (R,): ``attention_rate``, ``gradient_symmetricity``,
             ``distance_irrelevance``, ``distance_irrelevance_largest_wrong``, ``circularity``.
         path: output PNG path.
+        thresholds: the label thresholds (:func:`phasespace.analysis.classify.thresholds`).
     """
+    th = classify.thresholds(thresholds)
     alpha = np.asarray(runs["attention_rate"], dtype=float)
-    circ = np.asarray(runs.get("circularity", np.ones_like(alpha)), dtype=float) >= circular_threshold
+    circ = classify.circular_mask(runs.get("circularity", np.ones_like(alpha)), th["circular_threshold"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     panels = [
         ("gradient_symmetricity", "gradient symmetricity", [("gradient_symmetricity", "C0")]),
@@ -96,18 +108,13 @@ def plot_metrics_vs_attention_rate(
         ax.set_xlim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].axhline(0.98, color="gray", ls=":", lw=1)
-    axes[1].axhline(0.6, color="gray", ls=":", lw=1)
+    axes[0].axhline(th["gradient_symmetricity_threshold"], color="gray", ls=":", lw=1)
+    axes[1].axhline(th["distance_irrelevance_threshold"], color="gray", ls=":", lw=1)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
 
 
-_LABEL_OF_METRIC = {
-    "gradient_symmetricity": "symmetric",
-    "distance_irrelevance": "distance_dependent",
-    "distance_irrelevance_largest_wrong": "distance_dependent_largest_wrong",
-}
 _NAME = {
     "gradient_symmetricity": "gradient symmetricity",
     "distance_irrelevance": "distance irrelevance",
@@ -121,8 +128,8 @@ def plot_alpha_panels(
     path: str,
     select: np.ndarray | None = None,
     irrelevance_key: str = "distance_irrelevance_largest_wrong",
-    symmetric_threshold: float = 0.98,
-    irrelevance_threshold: float = 0.6,
+    gradient_symmetricity_threshold: float = GRADIENT_SYMMETRICITY_THRESHOLD,
+    distance_irrelevance_threshold: float = DISTANCE_IRRELEVANCE_THRESHOLD,
     title: str = "",
 ) -> None:
     """The paper's fixed-width panels: (α, distance irrelevance) coloured by gradient
@@ -135,7 +142,8 @@ def plot_alpha_panels(
         select: bool (R,), the networks drawn (e.g. one width bin, circular only); default all.
         irrelevance_key: which distance-irrelevance variant (SPEC §5.2); the published figures
             and tables use the largest-wrong variant.
-        symmetric_threshold, irrelevance_threshold: drawn as dotted lines (SPEC §5.7).
+        gradient_symmetricity_threshold, distance_irrelevance_threshold: drawn as dotted lines
+            (SPEC §5.7).
     """
     alpha = np.asarray(runs["attention_rate"], dtype=float)
     gs = np.asarray(runs["gradient_symmetricity"], dtype=float)
@@ -143,9 +151,10 @@ def plot_alpha_panels(
     sel = np.ones(alpha.shape, bool) if select is None else np.asarray(select, bool)
     sel = sel & np.isfinite(alpha) & np.isfinite(gs) & np.isfinite(di)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    sym_line, dist_line = gradient_symmetricity_threshold, distance_irrelevance_threshold
     panels = [
-        (di, gs, _NAME[irrelevance_key], "gradient symmetricity", "viridis", irrelevance_threshold),
-        (gs, di, "gradient symmetricity", _NAME[irrelevance_key], "viridis_r", symmetric_threshold),
+        (di, gs, _NAME[irrelevance_key], "gradient symmetricity", "viridis", dist_line),
+        (gs, di, "gradient symmetricity", _NAME[irrelevance_key], "viridis_r", sym_line),
     ]
     for ax, (y, c, ylabel, clabel, cmap, th) in zip(axes, panels, strict=True):
         sc = ax.scatter(alpha[sel], y[sel], c=c[sel], cmap=cmap, s=10, alpha=0.85, linewidths=0)
@@ -165,7 +174,7 @@ def plot_phase_width(
     path: str,
     subset: str = "circular",
     metrics: tuple[str, ...] = ("gradient_symmetricity", "distance_irrelevance_largest_wrong"),
-    circular_threshold: float = 0.995,
+    circular_threshold: float = CIRCULAR_THRESHOLD,
     title: str = "",
     family: int = 0,
     select: np.ndarray | None = None,
@@ -186,7 +195,7 @@ def plot_phase_width(
     """
     alpha = np.asarray(runs["attention_rate"], dtype=float)
     width = np.asarray(runs["d_model"], dtype=float)
-    circ = np.asarray(runs["circularity"], dtype=float) >= circular_threshold
+    circ = classify.circular_mask(runs["circularity"], circular_threshold)
     sel = circ if subset == "circular" else np.ones(alpha.shape, bool)
     if select is not None:
         sel = sel & np.asarray(select, bool)
@@ -200,7 +209,7 @@ def plot_phase_width(
         cmap = "viridis" if m == "gradient_symmetricity" else "viridis_r"
         sc = ax.scatter(alpha[ok], width[ok], c=v[ok], cmap=cmap, s=10, alpha=0.85, linewidths=0)
         fig.colorbar(sc, ax=ax, label=_NAME.get(m, m))
-        label = _LABEL_OF_METRIC.get(m)
+        label = classify.LABEL_OF_METRIC.get(m)
         key = f"transition__{subset}__{label}"
         if label and f"{key}__alpha_star" in arrays:
             a_star = np.asarray(arrays[f"{key}__alpha_star"], dtype=float)[family]
@@ -238,7 +247,7 @@ def phase_figures(
     runs: Mapping[str, np.ndarray],
     arrays: Mapping[str, np.ndarray],
     fig_dir: str,
-    options: Mapping[str, float] | None = None,
+    thresholds: Mapping[str, float] | None = None,
     title: str = "",
 ) -> list[str]:
     """All phase-diagram figures of a sweep (or a published table) into ``fig_dir``, per family
@@ -256,17 +265,16 @@ def phase_figures(
     Args:
         runs: runs-table columns (R,).
         arrays: :func:`phasespace.phase.diagram.phase_arrays` of ``runs``.
-        options: thresholds (``circular_threshold``, ``symmetric_threshold``,
-            ``irrelevance_threshold``); default the SPEC values.
+        thresholds: the label thresholds, e.g. a spec's ``[analysis]`` options (other keys
+            ignored; :func:`phasespace.analysis.classify.thresholds`).
 
     Returns:
         The written paths.
     """
-    opts = {"circular_threshold": 0.995, "symmetric_threshold": 0.98, "irrelevance_threshold": 0.6}
-    opts.update({k: v for k, v in (options or {}).items() if k in opts})
+    opts = classify.thresholds(thresholds)
     alpha = np.asarray(runs["attention_rate"], dtype=float)
     width = np.asarray(runs["d_model"], dtype=float)
-    circ = np.asarray(runs["circularity"], dtype=float) >= opts["circular_threshold"]
+    circ = classify.circular_mask(runs["circularity"], opts["circular_threshold"])
     edges = np.asarray(arrays["edges__d_model_bin"], dtype=float)
     wbin = bin_index(width, edges)
     irr = (
@@ -298,8 +306,8 @@ def phase_figures(
                     runs,
                     select=sel,
                     irrelevance_key=irr,
-                    symmetric_threshold=opts["symmetric_threshold"],
-                    irrelevance_threshold=opts["irrelevance_threshold"],
+                    gradient_symmetricity_threshold=opts["gradient_symmetricity_threshold"],
+                    distance_irrelevance_threshold=opts["distance_irrelevance_threshold"],
                     title=f"{title} {name}".strip(),
                 ):
                     paths.append(path)

@@ -1,4 +1,4 @@
-"""Width buckets: which padded widths to compile for a set of true widths (DESIGN.md, "Widths").
+"""Width buckets: which padded widths to compile for a set of true widths.
 
 Networks of one static group (same p, depth, heads, activation, vocabulary) but different true
 widths d_model share a compiled program only if they share a padded width D ≥ d. Padding is free
@@ -148,7 +148,7 @@ def plan_widths(
 
 
 def padding_report(buckets: Sequence) -> dict:
-    """Padding waste of a list of :class:`phasespace.spec.parse.Bucket` (for ``environment.json``).
+    """Padding waste of a list of :class:`Bucket` (for ``environment.json``).
 
     Returns:
         dict: ``waste`` (fraction of the sweep's per-step FLOPs spent on padding),

@@ -1,6 +1,6 @@
 """A population: many networks of one bucket (static shape), stacked along a leading run axis R.
 
-Static shape (the bucket) vs per-network data is the engine's one idea (DESIGN.md): everything that
+Static shape (the bucket) vs per-network data is the engine's one idea: everything that
 changes the compiled program lives in :class:`~phasespace.models.transformer.TransformerArch`; each
 network's seed, true width, attention rate, learning rate, weight decay and train split are arrays
 with a leading run axis, fed to one compiled step.
@@ -8,7 +8,8 @@ with a leading run axis, fed to one compiled step.
 Each network is initialised *at its true width* from its own seed (so its weights do not depend
 on the bucket or on the other networks) and zero-padded to the bucket width D. With no LayerNorm
 the padded entries get exactly zero gradient, Adam moments and weight decay, so the padded network
-computes the same function and trains identically (tests/population/test_buckets.py).
+computes the same function and trains identically (the tests
+``test_padded_params_equal_true_width_after_20_steps`` and ``test_padding_is_exact``).
 """
 
 from __future__ import annotations

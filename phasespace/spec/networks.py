@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from phasespace.defaults import PRECISIONS
+from phasespace.defaults import PAPER_STEPS, PRECISIONS, RECIPE_DEFAULTS
 
 STATIC_AXES = ("model", "p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
 """Axes that change the compiled program: networks differing in them go to different buckets."""
@@ -21,11 +21,11 @@ FLOAT_AXES = ("attention_rate", "lr", "weight_decay", "train_fraction")
 class Recipe:
     """Static training recipe (SPEC §4); part of the compiled program."""
 
-    steps: int = 20_000
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-8
-    warmup_steps: int = 10
+    steps: int = PAPER_STEPS
+    b1: float = RECIPE_DEFAULTS["transformer"]["b1"]
+    b2: float = RECIPE_DEFAULTS["transformer"]["b2"]
+    eps: float = RECIPE_DEFAULTS["transformer"]["eps"]
+    warmup_steps: int = RECIPE_DEFAULTS["transformer"]["warmup_steps"]
     precision: str = "float32"
     fast: bool = True
     """Use the exact per-vocabulary computation (:mod:`phasespace.models.fast`) when the bucket

@@ -19,8 +19,12 @@ A spec has four tables::
     [buckets]         # width buckets per static group (phasespace.population.buckets.plan_widths)
     max_buckets = 8
     max_waste = 0.1
-    [phase]           # phase-diagram binning and classification (phasespace.spec.parse.PHASE_DEFAULTS)
+    [phase]           # phase-diagram binning (phasespace.spec.parse.PHASE_DEFAULTS)
     alpha_bins = 10    # or "auto", "distinct", a list of edges
+
+The label thresholds (``circular_threshold``, ``gradient_symmetricity_threshold``,
+``distance_irrelevance_threshold``, :data:`phasespace.defaults.THRESHOLDS`) are ``[analysis]``
+options, read by the classification of the runs table and by the phase diagrams alike.
 
 ``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
 ``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
@@ -46,7 +50,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import json
 import math
 import os
 import re
@@ -54,15 +57,10 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from phasespace.defaults import (
     ACTIVATIONS,
     ATTENTION_FAMILIES,
-    CIRCULAR_THRESHOLD,
     DI_METRICS,
-    DISTANCE_IRRELEVANCE_THRESHOLD,
-    GRADIENT_SYMMETRICITY_THRESHOLD,
     MAX_BUCKETS,
     MAX_WASTE,
     MODEL_FAMILIES,
@@ -71,6 +69,7 @@ from phasespace.defaults import (
     PAPER_STEPS,
     PRECISIONS,
     RECIPE_DEFAULTS,
+    THRESHOLDS,
     TRIPLE_SEED,
     recipe_family,
 )
@@ -101,13 +100,12 @@ ANALYSIS_DEFAULTS: dict[str, Any] = {
     "every": 0,
     "n_components": 12,
     "min_power": 0.9,
-    "circular_threshold": CIRCULAR_THRESHOLD,
-    "gs_threshold": GRADIENT_SYMMETRICITY_THRESHOLD,
-    "di_threshold": DISTANCE_IRRELEVANCE_THRESHOLD,
+    **THRESHOLDS,
     "di_metric": "distance_irrelevance",
 }
-"""``every``: record all metrics every N steps (0: only at the end); the rest: see
-:class:`phasespace.analysis.circuits.CircuitOptions`."""
+"""``every``: record all metrics every N steps (0: only at the end); the label thresholds
+(:data:`phasespace.defaults.THRESHOLDS`, applied by :mod:`phasespace.analysis.classify` to the runs
+table and the phase diagrams); the rest: see :class:`phasespace.analysis.circuits.CircuitOptions`."""
 SAMPLING_DEFAULTS: dict[str, Any] = {"n": 0, "seed": 0}
 BUCKET_DEFAULTS: dict[str, Any] = {
     "max_buckets": MAX_BUCKETS,
@@ -120,11 +118,9 @@ DISTRIBUTIONS = ("uniform", "log2uniform", "randint", "range")
 PHASE_DEFAULTS: dict[str, Any] = {
     "alpha_bins": "auto",
     "width_bins": "auto",
-    "circular_threshold": CIRCULAR_THRESHOLD,
-    "symmetric_threshold": GRADIENT_SYMMETRICITY_THRESHOLD,
-    "irrelevance_threshold": DISTANCE_IRRELEVANCE_THRESHOLD,
 }
-"""Options of :func:`phasespace.phase.diagram.phase_arrays` (the ``[phase]`` table of a sweep spec).
+"""Binning options of :func:`phasespace.phase.diagram.phase_arrays` (the ``[phase]`` table of a
+sweep spec; the label thresholds are ``[analysis]`` options, :data:`ANALYSIS_DEFAULTS`).
 
 * ``alpha_bins``: ``"auto"`` (one bin per distinct attention rate if there are at most
   :data:`phasespace.phase.diagram.MAX_DISTINCT` of them, else 10 equal bins on [0, 1]),
@@ -132,11 +128,16 @@ PHASE_DEFAULTS: dict[str, Any] = {
 * ``width_bins``: ``"auto"`` (one bin per distinct d_model if there are at most
   :data:`phasespace.phase.diagram.MAX_DISTINCT`, else octaves [2^k, 2^(k+1)), the paper's 32–63, 64–127, …),
   ``"distinct"``, ``"octave"`` or a list of edges.
-* ``circular_threshold``: circular iff circularity ≥ this (SPEC §5.3).
-* ``symmetric_threshold``: label ``symmetric`` iff gradient symmetricity > this (SPEC §5.7).
-* ``irrelevance_threshold``: labels ``distance_dependent`` (correct-logit variant) and
-  ``distance_dependent_largest_wrong`` iff distance irrelevance < this (SPEC §5.7).
 """
+
+MOVED_KEYS: dict[str, str] = {
+    "phase.circular_threshold": "analysis.circular_threshold",
+    "phase.symmetric_threshold": "analysis.gradient_symmetricity_threshold",
+    "phase.irrelevance_threshold": "analysis.distance_irrelevance_threshold",
+    "analysis.gs_threshold": "analysis.gradient_symmetricity_threshold",
+    "analysis.di_threshold": "analysis.distance_irrelevance_threshold",
+}
+"""Keys of earlier specs → their one name now; a spec using an old key is refused naming the new."""
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
@@ -222,15 +223,6 @@ class SweepSpec:
             "buckets": dict(self.buckets),
             "phase": dict(self.phase),
         }
-
-    def fingerprint(self) -> str:
-        """Canonical JSON of everything that changes results (for resume checks)."""
-        d = self.to_dict()
-        d.pop("name")
-        d.pop("phase")  # binning and thresholds of the phase diagram do not change training
-        execution = ("chunk_steps", "log_every", "checkpoint_every", "group_size", "memory_limit")
-        d["train"] = {k: v for k, v in d["train"].items() if k not in execution}
-        return json.dumps(d, sort_keys=True)
 
 
 def _check_value(field: str, key: str, v: Any) -> Any:
@@ -339,6 +331,8 @@ def _check_table(name: str, raw: Any, defaults: Mapping[str, Any]) -> dict[str, 
         raise SpecError(f"{name}={raw!r}: must be a table")
     out = dict(defaults)
     for k, v in raw.items():
+        if f"{name}.{k}" in MOVED_KEYS:
+            raise SpecError(f"{name}.{k}: moved to {MOVED_KEYS[f'{name}.{k}']}")
         if k not in defaults:
             raise _unknown(name, k, defaults)
         out[k] = v
@@ -440,8 +434,8 @@ def _check_analysis(analysis: Mapping[str, Any]) -> None:
     for k, lo, hi in (
         ("min_power", 0.0, 1.0),
         ("circular_threshold", 0.0, 1.0),
-        ("gs_threshold", -1.0, 1.0),
-        ("di_threshold", 0.0, math.inf),
+        ("gradient_symmetricity_threshold", -1.0, 1.0),
+        ("distance_irrelevance_threshold", 0.0, math.inf),
     ):
         v = analysis[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
@@ -500,6 +494,19 @@ def _check_combinations(spec: SweepSpec) -> None:
                     f"axes.train_fraction={f!r}: with p={p} gives {k} of {p * p} training pairs; "
                     "both the train and the test split must be non-empty"
                 )
+
+
+def upgrade_stored_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved spec stored by an earlier version (a sweep's ``spec.json``) with the keys of
+    :data:`MOVED_KEYS` under their names of today (the newer value wins where both are present).
+    Specs a person writes get the :class:`SpecError` instead."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for old, new in MOVED_KEYS.items():
+        (t_old, k_old), (t_new, k_new) = old.split("."), new.split(".")
+        if isinstance(out.get(t_old), dict) and k_old in out[t_old]:
+            v = out[t_old].pop(k_old)
+            out.setdefault(t_new, {}).setdefault(k_new, v)
+    return out
 
 
 def load_spec(path: str) -> SweepSpec:
@@ -563,7 +570,3 @@ def check_phase_options(options: Mapping[str, Any]) -> None:
                 raise ValueError(f"phase.{key}={v!r}: edges must be strictly increasing")
         else:
             raise ValueError(f"phase.{key}={v!r}: must be one of {list(kinds)}, a number or a list")
-    for key in ("circular_threshold", "symmetric_threshold", "irrelevance_threshold"):
-        v = options[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-            raise ValueError(f"phase.{key}={v!r}: must be a finite number")

@@ -2,12 +2,15 @@
 final parameters, or of a folder of reference checkpoints, and write the table and arrays.
 
 * A sweep directory (has ``runs.csv`` and ``params/*.npz``): ``runs.csv`` is updated in place
-  (metric columns replaced or added, training columns kept), ``analysis.npz`` and ``phase.npz``
-  are rewritten.
+  (metric columns replaced or added, training columns kept), ``analysis.npz``, ``phase.npz``
+  (grid and binned arrays, α*) and the figures are rewritten.
 * A folder of reference checkpoints (``<runid>.npz`` + ``<runid>.json``, transformers and MLP
   models): one row per checkpoint in ``<out>/runs.csv`` and the array metrics in
   ``<out>/analysis.npz`` (with ``run`` names). Checkpoints of the same architecture are analysed
-  together as one vmapped population.
+  together as one vmapped population. ``phasespace reference`` is a view of the same evaluation
+  (:func:`reference_table`: the transformer checkpoints, one table).
+
+Both write through :mod:`phasespace.sweep.derived`, the writer of ``phasespace run``.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
 from phasespace.io.reference import load_reference_checkpoint, read_reference_config
 from phasespace.models.registry import family
-from phasespace.phase import diagram
 from phasespace.population.stack import attn_scale
-from phasespace.spec.parse import ANALYSIS_DEFAULTS, parse_spec
-from phasespace.sweep.run import ARRAYS_FILE, stack_padded, write_array_metrics
+from phasespace.spec.expand import expand
+from phasespace.spec.parse import ANALYSIS_DEFAULTS, SweepSpec, parse_spec, upgrade_stored_spec
+from phasespace.sweep.derived import RUNS_FILE, array_metrics, metric_values, write_results
 from phasespace.tasks import train_mask
 
 REFERENCE_COLUMNS = (
@@ -46,38 +49,47 @@ REFERENCE_COLUMNS = (
 """Leading columns of the reference table (the checkpoint's configuration)."""
 
 
-def _analysis_options(analysis: Mapping[str, Any] | None) -> dict[str, Any]:
-    out = dict(ANALYSIS_DEFAULTS)
-    out.update(analysis or {})
-    return out
+def reference_paths(folder: str, transformers_only: bool = False) -> list[str]:
+    """The reference checkpoints in ``folder`` (``<runid>.npz`` with a ``<runid>.json`` config),
+    sorted by run id; with ``transformers_only``, without the MLP models (config ``model_type``).
+
+    Raises:
+        FileNotFoundError: if ``folder`` holds no checkpoints.
+    """
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "*.npz")) if os.path.exists(p[:-4] + ".json"))
+    if transformers_only:
+        paths = [p for p in paths if not read_reference_config(p[:-4] + ".json").get("model_type")]
+    if not paths:
+        kind = "transformer checkpoints" if transformers_only else "reference checkpoints"
+        raise FileNotFoundError(f"{folder}: no {kind} (<runid>.npz with <runid>.json)")
+    return paths
 
 
-def analyze_reference_dir(
-    folder: str, analysis: Mapping[str, Any] | None = None
+def analyze_reference_checkpoints(
+    paths: list[str], analysis: Mapping[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Every metric of every reference checkpoint in ``folder`` (transformers and MLP models).
+    """Every metric of the reference checkpoints ``paths`` (transformers and MLP models): the one
+    evaluation path of ``phasespace analyze <folder>`` and ``phasespace reference``.
 
+    Checkpoints of the same architecture are analysed together as one vmapped population by
+    :func:`~phasespace.analysis.circuits.analyze_full`, the code that analyses sweeps.
     Train/test figures use a split drawn from data seed 0 with the config's ``frac`` (the
     released checkpoints do not record theirs); ``accuracy`` is over all p² pairs. MLP models
     have no attention rate (NaN in the table).
 
     Args:
-        folder: holds ``<runid>.npz`` and ``<runid>.json``.
+        paths: ``<runid>.npz`` files, each with its ``<runid>.json`` config.
         analysis: options as a spec's ``[analysis]`` table (defaults where missing).
 
     Returns:
-        ``(rows, arrays)``: one row per checkpoint (sorted by run id) with
+        ``(rows, arrays)``: one row per checkpoint (in ``paths`` order) with
         :data:`REFERENCE_COLUMNS` and every scalar metric; array metrics stacked (N, ...) in
         the same order (padded with NaN / −1 where shapes differ), plus ``run`` (N,).
 
     Raises:
-        FileNotFoundError: if ``folder`` holds no checkpoints.
         phasespace.io.reference.CheckpointError: for a checkpoint whose keys/shapes do not match.
     """
-    opts = _analysis_options(analysis)
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "*.npz")) if os.path.exists(p[:-4] + ".json"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no reference checkpoints (<runid>.npz with <runid>.json)")
+    opts = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     loaded = [(os.path.basename(p)[:-4], *load_reference_checkpoint(p)) for p in paths]
     groups: dict[Any, list[int]] = {}
     for i, (_, arch, _, _) in enumerate(loaded):
@@ -94,7 +106,7 @@ def analyze_reference_dir(
         }
         scalars, arrays = analyze_full(arch, params, hp, opts)
         for j, i in enumerate(idx):
-            row: dict[str, Any] = {
+            rows[i] = {
                 "run": loaded[i][0],
                 "model": family(arch),
                 "attention_rate": np.nan if mlp else float(hp["attention_rate"][j]),
@@ -104,17 +116,24 @@ def analyze_reference_dir(
                 "act": arch.act,
                 "diff_vocab": arch.diff_vocab,
                 "eqn_sign": arch.eqn_sign,
+                **metric_values(scalars, arrays, j),
             }
-            row.update({k: v[j] for k, v in scalars.items()})
-            row.update({k: v[j] for k, v in arrays.items()})
-            rows[i] = row
-    array_names = [k for k, v in rows[0].items() if isinstance(v, np.ndarray) and v.ndim >= 1]
-    stacked = {k: stack_padded([np.asarray(r[k]) for r in rows]) for k in array_names}
-    stacked["run"] = np.asarray([r["run"] for r in rows])
-    return rows, stacked
+    return rows, {**array_metrics(rows), "run": np.asarray([r["run"] for r in rows])}
 
 
-def _table_columns(rows: list[dict[str, Any]], leading: list[str]) -> list[str]:
+def analyze_reference_dir(
+    folder: str, analysis: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """:func:`analyze_reference_checkpoints` of every checkpoint in ``folder`` (sorted by run id).
+
+    Raises:
+        FileNotFoundError: if ``folder`` holds no checkpoints.
+    """
+    return analyze_reference_checkpoints(reference_paths(folder), analysis)
+
+
+def table_columns(rows: list[dict[str, Any]], leading: list[str]) -> list[str]:
+    """``leading``, then every other scalar key of the rows in order of appearance."""
     cols = list(leading)
     for r in rows:
         for k, v in r.items():
@@ -127,23 +146,53 @@ def write_reference_analysis(
     folder: str, out_dir: str, analysis: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """:func:`analyze_reference_dir` written to ``out_dir/runs.csv`` and
-    ``out_dir/analysis.npz`` (atomically); returns the rows."""
-    rows, arrays = analyze_reference_dir(folder, analysis)
-    store.write_csv(os.path.join(out_dir, "runs.csv"), _table_columns(rows, list(REFERENCE_COLUMNS)), rows)
-    store.write_npz(os.path.join(out_dir, ARRAYS_FILE), arrays)
+    ``out_dir/analysis.npz`` (:func:`phasespace.sweep.derived.write_results`); returns the rows."""
+    rows, _ = analyze_reference_dir(folder, analysis)
+    write_results(out_dir, rows, table_columns(rows, list(REFERENCE_COLUMNS)), None, key="run")
     return rows
 
 
+def reference_table(folder: str, out_csv: str | None = None) -> list[dict[str, Any]]:
+    """``phasespace reference``: :func:`analyze_reference_checkpoints` of the transformer
+    checkpoints in ``folder`` (the paper's SPEC §7 models), optionally written as one CSV table.
+
+    Raises:
+        FileNotFoundError: if ``folder`` holds no transformer checkpoints.
+    """
+    rows, _ = analyze_reference_checkpoints(reference_paths(folder, transformers_only=True))
+    if out_csv:
+        store.write_csv(out_csv, table_columns(rows, list(REFERENCE_COLUMNS)), rows)
+    return rows
+
+
+def stored_spec(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> SweepSpec | None:
+    """The spec of a sweep directory (its ``spec.json``, keys of earlier versions renamed) with
+    ``analysis`` overriding its ``[analysis]`` options; None if the directory has no ``spec.json``.
+
+    Raises:
+        phasespace.spec.parse.SpecError: if the stored spec or the overrides are invalid.
+    """
+    path = os.path.join(sweep_dir, "spec.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        raw = upgrade_stored_spec(json.load(f))
+    raw["analysis"] = {**raw.get("analysis", {}), **(analysis or {})}
+    return parse_spec(raw)
+
+
 def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Recompute every metric of a finished sweep from ``params/*.npz`` and update its files.
+    """Recompute every metric of a finished sweep from ``params/*.npz`` and rewrite its derived
+    files (:func:`phasespace.sweep.derived.write_results`, the writer of ``phasespace run``).
 
     ``runs.csv`` keeps its rows and training columns (losses, first-100% steps, collapse); every
-    metric column is replaced by the recomputed value or added. ``analysis.npz`` and (for grid
-    sweeps) ``phase.npz`` are rewritten.
+    metric column is replaced by the recomputed value or added, and the axis columns are taken
+    from the spec's expansion (exact values). ``analysis.npz``, ``phase.npz`` and the figures
+    are rewritten; on an unchanged sweep they come out as ``phasespace run`` wrote them.
 
     Args:
         sweep_dir: a directory written by ``phasespace run``.
-        analysis: overrides of the spec's ``[analysis]`` options.
+        analysis: overrides of the spec's ``[analysis]`` options (e.g. the label thresholds).
 
     Returns:
         The updated rows (dicts, ``runs.csv`` order).
@@ -152,7 +201,7 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
         FileNotFoundError: no ``runs.csv``, or no saved parameters (sweeps written before final
             parameters were saved cannot be re-analysed).
     """
-    runs_path = os.path.join(sweep_dir, "runs.csv")
+    runs_path = os.path.join(sweep_dir, RUNS_FILE)
     if not os.path.exists(runs_path):
         raise FileNotFoundError(f"{sweep_dir}: no runs.csv; not a finished sweep directory")
     files = list_bucket_params(sweep_dir)
@@ -160,37 +209,22 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
         raise FileNotFoundError(
             f"{sweep_dir}: no saved final parameters (params/*.npz); re-run the sweep to analyse it"
         )
-    spec_raw: dict[str, Any] = {}
-    spec_path = os.path.join(sweep_dir, "spec.json")
-    if os.path.exists(spec_path):
-        with open(spec_path) as f:
-            spec_raw = json.load(f)
-    opts = _analysis_options(spec_raw.get("analysis"))
-    opts.update(analysis or {})
+    spec = stored_spec(sweep_dir, analysis)
+    opts = spec.analysis if spec is not None else {**ANALYSIS_DEFAULTS, **(analysis or {})}
     table = store.read_csv(runs_path)
     header = list(table)
-    n = len(table["index"])
-    rows = [{c: table[c][i] for c in header} for i in range(n)]
+    rows = [{c: table[c][i] for c in header} for i in range(len(table["index"]))]
     pos = {int(i): r for r, i in enumerate(table["index"])}
+    if spec is not None:
+        for net in expand(spec):
+            if net.index in pos:
+                rows[pos[net.index]].update(net.values)
     for path in files:
         b = load_bucket_params(path)
         scalars, arrays = analyze_full(b.arch, b.params, b.hparams, opts)
         for j, index in enumerate(b.index):
-            row = rows[pos[int(index)]]
-            row.update({k: v[j] for k, v in scalars.items()})
-            row.update({k: v[j] for k, v in arrays.items()})
-    columns = _table_columns(rows, header)
-    store.write_csv(runs_path, columns, rows)
-    write_array_metrics(os.path.join(sweep_dir, ARRAYS_FILE), rows)
-    if spec_raw:
-        spec = parse_spec(spec_raw)
-        grid = [a for a in spec.grid_axes if a != "data_seed"]
-        if not spec.sampled_axes:
-            runs = {c: np.asarray([r.get(c, np.nan) for r in rows]) for c in columns if c != "bucket"}
-            if "first_full_test_step" in runs:
-                fft = runs["first_full_test_step"].astype(np.float64)
-                runs["first_full_test_step"] = np.where(fft < 0, np.nan, fft)
-            store.write_npz(os.path.join(sweep_dir, "phase.npz"), diagram.grid_arrays(runs, grid))
+            rows[pos[int(index)]].update(metric_values(scalars, arrays, j))
+    write_results(sweep_dir, rows, table_columns(rows, header), spec)
     return rows
 
 

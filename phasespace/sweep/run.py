@@ -1,4 +1,5 @@
-"""Running a sweep end to end: spec → buckets → training → analysis → files and figures."""
+"""Running a sweep end to end, stage after stage: spec → buckets → resume → train → analyse →
+write (the derived files through :mod:`phasespace.sweep.derived`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import datetime
 import os
 import platform
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -17,8 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from phasespace import hooks
-from phasespace.analysis.circuits import CircuitOptions, analyze_full, circuit_columns
-from phasespace.analysis.faults import describe_flags
+from phasespace.analysis.circuits import analyze_full
 from phasespace.analysis.tracking import MetricsRecorder, aligned_chunk
 from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.io import store
@@ -26,47 +25,17 @@ from phasespace.io.checkpoint import BucketCheckpoint, LoggedHistory, check_swee
 from phasespace.io.params import save_bucket_params
 from phasespace.models.fast import supports_fast
 from phasespace.models.registry import family
-from phasespace.phase import diagram, figures
 from phasespace.population.buckets import Bucket, padding_report, plan_buckets
-from phasespace.population.stack import build_population
+from phasespace.population.stack import Population, build_population
 from phasespace.spec.expand import expand
-from phasespace.spec.parse import AXES, SweepSpec, parse_bytes
+from phasespace.spec.networks import Recipe
+from phasespace.spec.parse import SweepSpec, parse_bytes
+from phasespace.sweep.derived import METRICS_HISTORY_FILE, metric_values, runs_columns, write_results
 from phasespace.training import placement
 from phasespace.training.loop import train_population
-from phasespace.training.memory import plan_training
+from phasespace.training.memory import Plan, plan_training
 from phasespace.training.program import effective_precision
-from phasespace.training.step import HISTORY_FIELDS, TrainState, compiled_init
-
-RUN_COLUMNS = (
-    "train_loss",
-    "test_loss",
-    "train_accuracy",
-    "test_accuracy",
-    "loss",
-    "accuracy",
-    "gradient_symmetricity",
-    "gradient_symmetricity_zero_grads",
-    "distance_irrelevance",
-    "distance_irrelevance_largest_wrong",
-    "circularity",
-    "circular",
-    "param_norm",
-    "first_full_train_step",
-    "first_full_test_step",
-    "collapsed",
-    "nonfinite_step",
-    "degenerate",
-    "steps",
-    "precision",
-    "compute",
-)
-"""Metric columns of ``runs.csv`` (after ``index``, ``bucket`` and every axis of
-:data:`phasespace.spec.parse.AXES`; followed by :func:`phasespace.analysis.circuits.circuit_columns`)."""
-
-ARRAYS_FILE = "analysis.npz"
-"""Per-network array metrics (circles, per-(a − b) accuracy), run axis in ``runs.csv`` order."""
-METRICS_HISTORY_FILE = "metrics_history.npz"
-"""Every metric along training (``[analysis] every = N``): ``step`` (T,), metrics (R, T, ...)."""
+from phasespace.training.step import TrainState, compiled_init
 
 
 def environment(spec: SweepSpec) -> dict[str, Any]:
@@ -93,6 +62,34 @@ def environment(spec: SweepSpec) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class BucketTraining:
+    """One bucket on its way through the stages of :func:`train_bucket`.
+
+    Attributes:
+        bucket, recipe: the bucket and its family's recipe.
+        analysis: the sweep's ``[analysis]`` options.
+        pop: its networks stacked on the run axis.
+        chunk: steps per host chunk (dividing ``[analysis] every``).
+        plan: its device layout and memory plan (:func:`phasespace.training.memory.plan_training`).
+        log: the training curves kept every ``train.log_every`` steps.
+        recorder: the metrics along training (``[analysis] every > 0``), else None.
+        ckpt: its checkpoints (None: no checkpoints, e.g. a multi-process run).
+        state: the state to continue from (None: a fresh start).
+    """
+
+    bucket: Bucket
+    recipe: Recipe
+    analysis: Mapping[str, Any]
+    pop: Population
+    chunk: int
+    plan: Plan
+    log: LoggedHistory
+    recorder: MetricsRecorder | None
+    ckpt: BucketCheckpoint | None
+    state: TrainState | None = None
+
+
 def train_bucket(
     bucket: Bucket,
     spec: SweepSpec,
@@ -102,7 +99,7 @@ def train_bucket(
     checkpoint_dir: str | None = None,
     layouts: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train and analyse one bucket.
+    """Train and analyse one bucket: resume → train → analyse → rows.
 
     Training is sharded over every device (across processes in a ``jax.distributed`` run) in
     groups and host chunks that fit device memory (:mod:`phasespace.training.program`,
@@ -133,20 +130,54 @@ def train_bucket(
     Raises:
         phasespace.io.checkpoint.ResumeError: if a checkpoint was made with a different spec.
     """
+    ckpt = (
+        None
+        if checkpoint_dir is None
+        else BucketCheckpoint(os.path.join(checkpoint_dir, bucket.key), bucket, spec)
+    )
+    finished = finished_result(ckpt, spec, progress)
+    if finished is not None:
+        return finished
+    run = resume_bucket(bucket, spec, ckpt, progress)
+    if layouts is not None:
+        layouts[bucket.key] = run.plan.describe()
+    state = train_stage(run, progress, on_chunk)
+    # The analysis runs on one device from host copies (an XLA-partitioned analysis over several
+    # CPU devices can deadlock in their collectives; it costs a few training steps' worth).
+    params = placement.tree_to_host(state.params)
+    scalars, arrays = analyse_stage(run, state, params)
+    if out_dir is not None and placement.is_main_process():
+        idx = [n.index for n in bucket.networks]
+        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, run.pop.hparams)
+    rows = bucket_rows(
+        run, placement.tree_to_host(state._replace(params=None, opt_state=None)), scalars, arrays
+    )
+    return rows, record_result(run, rows)
+
+
+def finished_result(
+    ckpt: BucketCheckpoint | None, spec: SweepSpec, progress: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """Resume, a finished bucket: its recorded rows and history (None if not finished)."""
+    finished = None if ckpt is None else ckpt.load_result()
+    if finished is None:
+        return None
+    if progress:
+        tqdm.write(f"{ckpt.key}: finished earlier, rows read from {ckpt.result_path}")
+    rows, history = finished
+    rows = [{k: np.asarray(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
+    if int(spec.analysis.get("every", 0)) > 0:
+        history["metrics_history"] = load_metrics_history(ckpt.directory, ckpt.steps)
+    return rows, history
+
+
+def resume_bucket(
+    bucket: Bucket, spec: SweepSpec, ckpt: BucketCheckpoint | None, progress: bool
+) -> BucketTraining:
+    """Resume, an unfinished bucket: its population, plan and records, continued from its latest
+    complete checkpoint if there is one."""
     recipe = spec.recipe_for(family(bucket.arch))
     every = int(spec.analysis.get("every", 0))
-    ckpt = None
-    if checkpoint_dir is not None:
-        ckpt = BucketCheckpoint(os.path.join(checkpoint_dir, bucket.key), bucket, spec)
-        finished = ckpt.load_result()
-        if finished is not None:
-            if progress:
-                tqdm.write(f"{bucket.key}: finished earlier, rows read from {ckpt.result_path}")
-            rows, history = finished
-            rows = [{k: np.asarray(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
-            if every > 0:
-                history["metrics_history"] = _load_metrics_history(ckpt.directory, recipe.steps)
-            return rows, history
     pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
     t = spec.train
     chunk = aligned_chunk(t["chunk_steps"], every)
@@ -158,25 +189,36 @@ def train_bucket(
         memory_limit=parse_bytes(t["memory_limit"]),
         group_size=None if t["group_size"] == "auto" else int(t["group_size"]),
     )
-    if layouts is not None:
-        layouts[bucket.key] = plan.describe()
     recorder = MetricsRecorder(bucket.arch, pop.hparams, spec.analysis, every) if every > 0 else None
-    state, log = None, LoggedHistory(recipe.steps, spec.train["log_every"])
-    if ckpt is not None:
-        resumed = ckpt.restore(jax.eval_shape(compiled_init(recipe), pop.params, pop.hparams))
-        if resumed is not None:
-            state, hist = resumed
-            log = LoggedHistory(recipe.steps, spec.train["log_every"], int(state.step[0]), hist)
-            if recorder is not None:
-                recorder.restore(_load_metrics_history(ckpt.directory, log.done))
-            if progress:
-                tqdm.write(f"{bucket.key}: resuming from the checkpoint of step {log.done}")
+    log = LoggedHistory(recipe.steps, t["log_every"])
+    run = BucketTraining(bucket, recipe, spec.analysis, pop, chunk, plan, log, recorder, ckpt)
+    resumed = (
+        None if ckpt is None else ckpt.restore(jax.eval_shape(compiled_init(recipe), pop.params, pop.hparams))
+    )
+    if resumed is not None:
+        run.state, hist = resumed
+        run.log = LoggedHistory(recipe.steps, t["log_every"], int(run.state.step[0]), hist)
+        if recorder is not None:
+            recorder.restore(load_metrics_history(ckpt.directory, run.log.done))
+        if progress:
+            tqdm.write(f"{bucket.key}: resuming from the checkpoint of step {run.log.done}")
     if recorder is not None and not recorder.steps:
         recorder.record(0, pop.params)
+    return run
+
+
+def train_stage(
+    run: BucketTraining,
+    progress: bool,
+    on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None,
+) -> TrainState:
+    """Train, the bucket's remaining steps chunk by chunk: a progress bar, the logged curves,
+    metrics along training, checkpoints and the ``chunk_done`` hook after every chunk."""
+    key, recorder, ckpt, log = run.bucket.key, run.recorder, run.ckpt, run.log
     bar = tqdm(
-        total=recipe.steps,
+        total=run.recipe.steps,
         initial=log.done,
-        desc=f"{bucket.key} ({pop.size} networks)",
+        desc=f"{key} ({run.pop.size} networks)",
         unit="step",
         disable=not (progress and placement.is_main_process()),
         dynamic_ncols=True,
@@ -197,58 +239,70 @@ def train_bucket(
             ckpt.save(state, log.arrays())
         if on_chunk is not None:
             on_chunk(state, h)
-        hooks.emit("chunk_done", bucket=bucket.key, step=log.done)
+        hooks.emit("chunk_done", bucket=key, step=log.done)
 
-    state, _ = train_population(pop, recipe, chunk, state=state, on_chunk=chunk_done, layout=plan.layout)
+    state, _ = train_population(
+        run.pop, run.recipe, run.chunk, state=run.state, on_chunk=chunk_done, layout=run.plan.layout
+    )
     bar.close()
-    # The analysis runs on one device from host copies (an XLA-partitioned analysis over several
-    # CPU devices can deadlock in their collectives; it costs a few training steps' worth).
-    params = placement.tree_to_host(state.params)
-    hooks.emit("analysis_start", bucket=bucket.key)
-    if (
-        recorder is not None
-        and recorder.last is not None
-        and recorder.steps[-1] == int(np.asarray(state.step)[0])
-    ):
-        m, arrays = recorder.last
-    else:
-        m, arrays = analyze_full(bucket.arch, params, pop.hparams, spec.analysis)
-    if out_dir is not None and placement.is_main_process():
-        idx = [n.index for n in bucket.networks]
-        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, pop.hparams)
-    host = placement.tree_to_host(state._replace(params=None, opt_state=None))
-    precision = effective_precision(recipe.precision, jax.default_backend())
-    compute = "fast" if recipe.fast and supports_fast(bucket.arch) else "plain"
+    return state
+
+
+def analyse_stage(
+    run: BucketTraining, state: TrainState, params: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Analyse, the final parameters (host copies): every metric of
+    :func:`~phasespace.analysis.circuits.analyze_full`, reusing the last record of the metrics
+    along training when it was taken at the final step."""
+    hooks.emit("analysis_start", bucket=run.bucket.key)
+    rec = run.recorder
+    if rec is not None and rec.last is not None and rec.steps[-1] == int(np.asarray(state.step)[0]):
+        return rec.last
+    return analyze_full(run.bucket.arch, params, run.pop.hparams, run.analysis)
+
+
+def bucket_rows(
+    run: BucketTraining, host: TrainState, scalars: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """Rows, one per network of the bucket: its axes, every metric and its training record."""
+    precision = effective_precision(run.recipe.precision, jax.default_backend())
+    compute = "fast" if run.recipe.fast and supports_fast(run.bucket.arch) else "plain"
     rows = []
-    for i, net in enumerate(bucket.networks):
-        row: dict[str, Any] = {"index": net.index, "bucket": bucket.key, **net.values}
+    for i, net in enumerate(run.bucket.networks):
+        row: dict[str, Any] = {"index": net.index, "bucket": run.bucket.key, **net.values}
         row["attention_rate"] = row["attention_rate"] if row["model"] in ATTENTION_FAMILIES else np.nan
-        row.update({k: m[k][i] for k in m})
-        row.update({k: arrays[k][i] for k in arrays})
+        row.update(metric_values(scalars, arrays, i))
         row["first_full_train_step"] = int(host.first_full_train[i])
         row["first_full_test_step"] = int(host.first_full_test[i])
         row["collapsed"] = bool(host.collapsed[i])
         row["nonfinite_step"] = int(host.nonfinite_step[i])
         row["steps"] = int(host.step[i])
-        row["degenerate"] = describe_flags(int(m["degenerate"][i]))
         row["precision"] = precision
         row["compute"] = compute
         rows.append(row)
-    history: dict[str, Any] = dict(log.arrays())
-    if ckpt is not None:
-        if recorder is not None:
-            store.write_npz(os.path.join(ckpt.directory, METRICS_HISTORY_FILE), recorder.result())
-        ckpt.save_result(rows, history)
-    if recorder is not None:
-        history["metrics_history"] = recorder.result()
-    return rows, history
+    return rows
+
+
+def record_result(run: BucketTraining, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bucket's history (curves, and metrics along training when recorded), recorded with
+    its rows in its checkpoint directory so that a resume skips it."""
+    history: dict[str, Any] = dict(run.log.arrays())
+    if run.ckpt is not None:
+        if run.recorder is not None:
+            store.write_npz(os.path.join(run.ckpt.directory, METRICS_HISTORY_FILE), run.recorder.result())
+        run.ckpt.save_result(rows, history)
+    if run.recorder is not None:
+        history["metrics_history"] = run.recorder.result()
+    return history
 
 
 @exclusive_sweep_dir
 def run_sweep(
     spec: SweepSpec, out_dir: str, spec_path: str | None = None, progress: bool = True
 ) -> store.SweepResult | None:
-    """Run a whole sweep and write its directory (see :mod:`phasespace.io.store`).
+    """Run a whole sweep and write its directory (see :mod:`phasespace.io.store`), stage after
+    stage: resume (the directory) → train and analyse (each bucket, :func:`train_bucket`) →
+    write (:func:`phasespace.sweep.derived.write_results`, then the run record).
 
     If ``out_dir`` already holds a sweep of the same spec (a killed or finished run), it is
     resumed: each bucket continues from its latest complete checkpoint, finished buckets are not
@@ -276,64 +330,16 @@ def run_sweep(
     buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
     main = placement.is_main_process()
     multi = jax.process_count() > 1
-    resuming = check_sweep_dir(out_dir, spec) if main else False  # (exclusive_sweep_dir made it)
-    if main:
-        store.remove_stale_temporaries(out_dir)
-        if spec_path is not None:
-            with open(spec_path, "rb") as f:
-                store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
-        store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+    resuming = prepare_directory(spec, out_dir, spec_path) if main else False
     env = environment(spec)
     env["padding"] = padding_report(buckets)
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
-
-    t0 = time.perf_counter()
-    trained = [0]  # network-steps trained by this call (a resume skips finished work)
-
-    def count(_: TrainState, h: dict[str, np.ndarray]) -> None:
-        trained[0] += h["train_loss"].size
-
-    rows: list[dict[str, Any]] = []
-    histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
-    layouts: dict[str, Any] = {}
-    for b in buckets:
-        ckpt_dir = None if multi else os.path.join(out_dir, "checkpoints")
-        r, h = train_bucket(
-            b,
-            spec,
-            progress=progress,
-            on_chunk=count,
-            out_dir=out_dir,
-            checkpoint_dir=ckpt_dir,
-            layouts=layouts,
-        )
-        rows.extend(r)
-        histories.append(([n.index for n in b.networks], h))
-    wall = time.perf_counter() - t0
-    rows.sort(key=lambda r: r["index"])
+    checkpoint_dir = None if multi else os.path.join(out_dir, "checkpoints")
+    trained = train_buckets(buckets, spec, out_dir, checkpoint_dir, progress)
     if main:
-        write_results(spec, out_dir, rows, histories)
-    env["wall_seconds"] = wall
-    env["networks"] = len(networks)
-    env["buckets"] = [
-        {
-            "key": b.key,
-            "networks": len(b.networks),
-            "d_model": b.arch.d_model,
-            "recipe": dataclasses.asdict(spec.recipe_for(family(b.arch))),
-            "layout": layouts.get(b.key),
-        }
-        for b in buckets
-    ]
-    env["resumed"] = resuming
-    env["network_steps_this_run"] = trained[0]
-    env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
-    # padded_flops_per_step counts one step of every network; scale by the share trained now
-    env["padded_matmul_flops_per_second"] = (
-        env["padding"]["padded_flops_per_step"] * trained[0] / len(networks) / wall if trained[0] else None
-    )
-    if main:
+        write_results(out_dir, trained.rows, runs_columns(spec), spec, trained.histories)
+        env.update(run_record(spec, buckets, trained, resuming, len(networks), env["padding"]))
         store.write_json(os.path.join(out_dir, "environment.json"), env)
     if multi:
         from jax.experimental import multihost_utils
@@ -344,72 +350,94 @@ def run_sweep(
     return store.load_sweep(out_dir)
 
 
-def write_results(
-    spec: SweepSpec,
-    out_dir: str,
-    rows: list[dict[str, Any]],
-    histories: list[tuple[list[int], dict[str, np.ndarray]]],
-) -> None:
-    """Write ``history.npz``, ``analysis.npz``, ``metrics_history.npz`` (when recorded),
-    ``phase.npz``, the figures and, last (it marks a finished sweep), ``runs.csv``; each file
-    atomically. A phase diagram or figure that fails leaves a warning naming it; every other
-    file is still written."""
-    opts = CircuitOptions.from_mapping(spec.analysis)
-    columns = ["index", "bucket", *AXES, *RUN_COLUMNS]
-    columns += circuit_columns(opts.n_components // opts.min_circle_components)
-    n = len(rows)
-    write_array_metrics(os.path.join(out_dir, ARRAYS_FILE), rows)
-    tracked = [(idx, h["metrics_history"]) for idx, h in histories if "metrics_history" in h]
-    if tracked:
-        write_metrics_history(os.path.join(out_dir, METRICS_HISTORY_FILE), n, tracked)
-    if histories:
-        steps = histories[0][1]["step"]
-        hist = {"step": steps}
-        for k in HISTORY_FIELDS:
-            arr = np.full((n, len(steps)), np.nan, np.float32)
-            for idx, h in histories:
-                if len(h["step"]) == len(steps):
-                    arr[idx] = h[k]
-            hist[k] = arr
-        store.write_npz(os.path.join(out_dir, "history.npz"), hist)
-    runs = {c: np.asarray([r.get(c, np.nan) for r in rows]) for c in columns if c != "bucket"}
-    runs["first_full_test_step"] = np.where(
-        runs["first_full_test_step"] < 0, np.nan, runs["first_full_test_step"]
-    )
-    grid = [a for a in spec.grid_axes if a != "data_seed"]
-    arrays: dict[str, np.ndarray] = {}
-    binned = False
-    try:
-        arrays.update(diagram.phase_arrays(runs, spec.phase, sampled=spec.sampled_axes))
-        binned = True
-    except Exception as e:  # a derived table is never worth runs.csv
-        msg = f"phase.npz: binned phase diagram not computed: {type(e).__name__}: {e}"
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    if not spec.sampled_axes:
-        try:
-            arrays.update(diagram.grid_arrays(runs, grid))
-        except Exception as e:
-            warnings.warn(
-                f"phase.npz: grid arrays not computed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2
-            )
-    store.write_npz(os.path.join(out_dir, "phase.npz"), arrays)
-    fig_dir = os.path.join(out_dir, "figures")
-    if np.any(np.isfinite(runs["attention_rate"].astype(np.float64))):
-        figures.draw_safely(
-            os.path.join(fig_dir, "metrics_vs_attention_rate.png"),
-            figures.plot_metrics_vs_attention_rate,
-            runs,
-            title=f"{spec.name}: {n} networks",
+def prepare_directory(spec: SweepSpec, out_dir: str, spec_path: str | None) -> bool:
+    """Resume: check ``out_dir`` against ``spec`` (before any compute), clear stale temporary
+    files and write ``spec.toml`` / ``spec.json``; True if this run resumes a sweep."""
+    resuming = check_sweep_dir(out_dir, spec)  # (exclusive_sweep_dir made it)
+    store.remove_stale_temporaries(out_dir)
+    if spec_path is not None:
+        with open(spec_path, "rb") as f:
+            store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
+    store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+    return resuming
+
+
+@dataclasses.dataclass
+class TrainedBuckets:
+    """The result of :func:`train_buckets`: ``rows`` (runs-table order), ``histories`` (per
+    bucket: network positions and history), ``layouts`` (per bucket key), ``network_steps``
+    trained by this call (a resume skips finished work) and its ``wall_seconds``."""
+
+    rows: list[dict[str, Any]]
+    histories: list[tuple[list[int], dict[str, Any]]]
+    layouts: dict[str, Any]
+    network_steps: int
+    wall_seconds: float
+
+
+def train_buckets(
+    buckets: list[Bucket], spec: SweepSpec, out_dir: str, checkpoint_dir: str | None, progress: bool
+) -> TrainedBuckets:
+    """Train and analyse every bucket (:func:`train_bucket`), one after the other."""
+    t0 = time.perf_counter()
+    trained = [0]
+
+    def count(_: TrainState, h: dict[str, np.ndarray]) -> None:
+        trained[0] += h["train_loss"].size
+
+    rows: list[dict[str, Any]] = []
+    histories: list[tuple[list[int], dict[str, Any]]] = []
+    layouts: dict[str, Any] = {}
+    for b in buckets:
+        r, h = train_bucket(
+            b,
+            spec,
+            progress=progress,
+            on_chunk=count,
+            out_dir=out_dir,
+            checkpoint_dir=checkpoint_dir,
+            layouts=layouts,
         )
-    if binned:
-        try:
-            figures.phase_figures(runs, arrays, fig_dir, spec.phase, title=spec.name)
-        except Exception as e:
-            warnings.warn(f"phase figures not drawn: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
-    store.write_csv(os.path.join(out_dir, "runs.csv"), columns, rows)
+        rows.extend(r)
+        histories.append(([n.index for n in b.networks], h))
+    rows.sort(key=lambda r: r["index"])
+    return TrainedBuckets(rows, histories, layouts, trained[0], time.perf_counter() - t0)
 
 
-def _load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
+def run_record(
+    spec: SweepSpec,
+    buckets: list[Bucket],
+    trained: TrainedBuckets,
+    resuming: bool,
+    n_networks: int,
+    padding: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The run's part of ``environment.json``: wall time, buckets, throughput."""
+    wall, steps = trained.wall_seconds, trained.network_steps
+    return {
+        "wall_seconds": wall,
+        "networks": n_networks,
+        "buckets": [
+            {
+                "key": b.key,
+                "networks": len(b.networks),
+                "d_model": b.arch.d_model,
+                "recipe": dataclasses.asdict(spec.recipe_for(family(b.arch))),
+                "layout": trained.layouts.get(b.key),
+            }
+            for b in buckets
+        ],
+        "resumed": resuming,
+        "network_steps_this_run": steps,
+        "network_steps_per_second": steps / wall if steps else None,
+        # padded_flops_per_step counts one step of every network; scale by the share trained now
+        "padded_matmul_flops_per_second": (
+            padding["padded_flops_per_step"] * steps / n_networks / wall if steps else None
+        ),
+    }
+
+
+def load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
     """The metrics recorded along training saved beside a bucket's checkpoints, keeping steps
     ≤ ``upto`` (empty if none were saved)."""
     path = os.path.join(directory, METRICS_HISTORY_FILE)
@@ -423,47 +451,3 @@ def _load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
 
 def default_out_dir(spec: SweepSpec) -> str:
     return os.path.join("runs", spec.name)
-
-
-def stack_padded(values: list[np.ndarray]) -> np.ndarray:
-    """Stack arrays whose shapes may differ between buckets, padding with NaN (float) or −1."""
-    shape = tuple(max(v.shape[d] for v in values) for d in range(values[0].ndim))
-    kind = np.result_type(*values)
-    fill = np.nan if np.issubdtype(kind, np.floating) else -1
-    out = np.full((len(values), *shape), fill, dtype=kind)
-    for i, v in enumerate(values):
-        out[(i, *tuple(slice(0, s) for s in v.shape))] = v
-    return out
-
-
-def write_array_metrics(path: str, rows: list[dict[str, Any]]) -> None:
-    """``analysis.npz``: each array metric of :func:`~phasespace.analysis.circuits.circuit_network`
-    stacked over the rows (R, ...) (padded with NaN / −1 where buckets differ in shape), with
-    ``index`` (R,)."""
-    names = [k for k, v in rows[0].items() if isinstance(v, np.ndarray) and v.ndim >= 1] if rows else []
-    if not names:
-        return
-    arrays = {"index": np.asarray([r["index"] for r in rows])}
-    for k in names:
-        arrays[k] = stack_padded([np.asarray(r[k]) for r in rows])
-    store.write_npz(path, arrays)
-
-
-def write_metrics_history(path: str, n: int, tracked: list[tuple[list[int], dict[str, np.ndarray]]]) -> None:
-    """``metrics_history.npz``: ``step`` (T,) and each metric (n, T, ...) in runs-table order
-    (NaN / −1 for networks of buckets recorded at other steps)."""
-    steps = tracked[0][1]["step"]
-    out: dict[str, np.ndarray] = {"step": steps}
-    for name in tracked[0][1]:
-        if name == "step":
-            continue
-        parts = [(idx, h[name]) for idx, h in tracked if name in h and np.array_equal(h["step"], steps)]
-        sample = parts[0][1]
-        fill = np.nan if np.issubdtype(sample.dtype, np.floating) else -1
-        dtype = sample.dtype if fill == -1 else np.float32
-        arr = np.full((n, *sample.shape[1:]), fill, dtype=dtype)
-        for idx, v in parts:
-            if v.shape[1:] == sample.shape[1:]:
-                arr[idx] = v
-        out[name] = arr
-    store.write_npz(path, out)

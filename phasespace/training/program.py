@@ -161,7 +161,7 @@ def train_sharded(
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray]]:
     """Train R networks for ``recipe.steps`` steps laid out by ``layout`` (see
-    :func:`phasespace.training.step.train_population`, which calls this).
+    :func:`phasespace.training.loop.train_population`, which calls this).
 
     Args:
         arch: the bucket.

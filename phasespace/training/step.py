@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from phasespace.defaults import RECIPE_DEFAULTS
 from phasespace.models.fast import logits_table
 from phasespace.models.transformer import TransformerArch
 from phasespace.spec.networks import Recipe
@@ -109,10 +110,10 @@ def warmup_schedule(lr: jax.Array | float, warmup_steps: int) -> Callable[[jax.A
 def make_optimizer(
     lr: jax.Array | float,
     weight_decay: jax.Array | float,
-    b1: float = 0.9,
-    b2: float = 0.98,
-    eps: float = 1e-8,
-    warmup_steps: int = 10,
+    b1: float = RECIPE_DEFAULTS["transformer"]["b1"],
+    b2: float = RECIPE_DEFAULTS["transformer"]["b2"],
+    eps: float = RECIPE_DEFAULTS["transformer"]["eps"],
+    warmup_steps: int = RECIPE_DEFAULTS["transformer"]["warmup_steps"],
 ) -> optax.GradientTransformation:
     """AdamW of the reference recipe (SPEC §4): optax ``adamw`` whose decoupled weight decay is
     scaled by the scheduled rate (θ ← θ − lr_t·wd·θ − lr_t·m̂/(√v̂ + eps), as PyTorch's AdamW).
@@ -166,6 +167,37 @@ def table(arch: TransformerArch) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(tokens), jnp.asarray(labels)
 
 
+def split_statistics(logits: jax.Array, labels: jax.Array, train_mask: jax.Array) -> dict[str, jax.Array]:
+    """Loss and accuracy of one network on its train and test split (the one computation of
+    both, for training and for the analysis).
+
+    Args:
+        logits: float32 (p², V) over all pairs; labels: int32 (p²,); train_mask: bool (p²,).
+
+    Returns:
+        dict: ``losses`` (p²,) per-pair cross-entropy, ``correct`` bool (p²,) (argmax, ties →
+        lowest class), ``train_loss``/``test_loss`` (mean over the split),
+        ``train_correct``/``test_correct`` (int32 counts) and ``train_accuracy``/``test_accuracy``
+        (float32 from the counts, exactly 1.0 when perfect).
+    """
+    losses = cross_entropy(logits, labels)
+    n_tr = jnp.sum(train_mask)
+    n_te = train_mask.shape[0] - n_tr
+    correct = first_argmax(logits) == labels
+    tr_c = jnp.sum(correct & train_mask).astype(jnp.int32)
+    te_c = jnp.sum(correct & ~train_mask).astype(jnp.int32)
+    return {
+        "losses": losses,
+        "correct": correct,
+        "train_loss": jnp.sum(jnp.where(train_mask, losses, 0.0)) / n_tr,
+        "test_loss": jnp.sum(jnp.where(train_mask, 0.0, losses)) / jnp.maximum(n_te, 1),
+        "train_correct": tr_c,
+        "test_correct": te_c,
+        "train_accuracy": tr_c / n_tr,
+        "test_accuracy": te_c / jnp.maximum(n_te, 1),
+    }
+
+
 def evaluate(
     arch: TransformerArch,
     params: Any,
@@ -174,7 +206,8 @@ def evaluate(
     labels: jax.Array,
     fast: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One network over the full table: train loss and split statistics.
+    """One network over the full table: train loss and split statistics
+    (:func:`split_statistics`).
 
     ``fast`` selects the exact fast path for 1-layer, two-token buckets
     (:func:`phasespace.models.fast.logits_table`).
@@ -186,24 +219,11 @@ def evaluate(
         (p², V).
     """
     logits = logits_table(arch, params, hp["attention_rate"], hp["attn_scale"], tokens, fast)
-    mask = hp["train_mask"]
-    losses = cross_entropy(logits, labels)
-    n_tr = jnp.sum(mask)
-    n_te = mask.shape[0] - n_tr
-    train_loss = jnp.sum(jnp.where(mask, losses, 0.0)) / n_tr
-    test_loss = jnp.sum(jnp.where(mask, 0.0, losses)) / jnp.maximum(n_te, 1)
-    correct = first_argmax(logits) == labels
-    tr_c = jnp.sum(correct & mask).astype(jnp.int32)
-    te_c = jnp.sum(correct & ~mask).astype(jnp.int32)
-    stats = {
-        "test_loss": test_loss,
-        "train_correct": tr_c,
-        "test_correct": te_c,
-        "train_accuracy": tr_c / n_tr,
-        "test_accuracy": te_c / jnp.maximum(n_te, 1),
-        "logits": logits,
-    }
-    return train_loss, stats
+    s = split_statistics(logits, labels, hp["train_mask"])
+    keys = ("test_loss", "train_correct", "test_correct", "train_accuracy", "test_accuracy")
+    stats = {k: s[k] for k in keys}
+    stats["logits"] = logits
+    return s["train_loss"], stats
 
 
 def init_state(recipe: Recipe, params: Any, hp: dict[str, jax.Array]) -> TrainState:

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasespace.analysis import circles
-from phasespace.analysis.circuits import ALGORITHMS, CircuitOptions, analyze_full, classify, isolated_logits
+from phasespace.analysis import circles, classify, metrics
+from phasespace.analysis.circuits import CircuitOptions, analyze_full, isolated_logits
+from phasespace.defaults import ALGORITHMS, THRESHOLDS
 from phasespace.io.reference import load_reference_checkpoint
 from phasespace.population.stack import attn_scale
 from phasespace.tasks import Task, all_pairs, train_mask
@@ -97,7 +98,7 @@ def test_isolation_against_numpy(models_ab):
     table = np.asarray(pa["params"]["W_E"][:, : arch.p].T, np.float64)
     keep = np.zeros(12, bool)
     keep[[0, 1, 6, 7]] = True
-    got = np.asarray(circles.isolate(circles.pca(jnp.asarray(table, jnp.float32)), jnp.asarray(keep)))
+    got = np.asarray(circles.isolate(metrics.pca(jnp.asarray(table, jnp.float32)), jnp.asarray(keep)))
     mu = table.mean(0)
     u, s, vt = np.linalg.svd(table - mu, full_matrices=False)
     want = (u[:, keep[: len(s)].nonzero()[0]] * s[keep.nonzero()[0]]) @ vt[keep.nonzero()[0]] + mu
@@ -132,7 +133,7 @@ def _circle_table(p, ks, radii, e=16, seed=0):
 def test_exact_circles_key_frequencies():
     p = 13
     table = _circle_table(p, ks=[5, 11], radii=[2.0, 1.0])  # 11 -> min(11, 2) = 2
-    dec = circles.pca(table)
+    dec = metrics.pca(table)
     f = circles.key_frequencies(dec, p, 6)
     np.testing.assert_array_equal(f["frequency"][:4], [5, 5, 2, 2])
     np.testing.assert_allclose(f["power"][:4], 1.0, atol=1e-5)
@@ -151,7 +152,7 @@ def test_exact_circles_key_frequencies():
 
 def test_key_frequency_invariant_to_sign_and_rotation():
     p = 13
-    dec = circles.pca(_circle_table(p, ks=[4, 6], radii=[1.0, 0.9]))
+    dec = metrics.pca(_circle_table(p, ks=[4, 6], radii=[1.0, 0.9]))
     base = circles.key_frequencies(dec, p, 4)
     th = 0.7
     rot = np.eye(dec.scores.shape[1])
@@ -221,10 +222,38 @@ def test_classify_thresholds():
     circ = np.asarray([0.99, 0.999, 0.999, 0.999, 0.999, 0.999])
     gs = np.asarray([0.99, 0.99, 0.3, 0.99, 0.3, np.nan])
     di = np.asarray([0.1, 0.1, 0.9, 0.9, 0.1, 0.1])
-    codes = classify(circ, gs, di)
+    codes = classify.algorithm(circ, gs, di)
     assert [ALGORITHMS[c] for c in codes] == ["non-circular", "pizza", "clock", "mixed", "mixed", "mixed"]
-    strict = CircuitOptions(gs_threshold=0.995, circular_threshold=0.98)
-    assert [ALGORITHMS[c] for c in classify(circ, gs, di, strict)][:2] == ["mixed", "mixed"]
+    strict = {"gradient_symmetricity_threshold": 0.991, "circular_threshold": 0.985}
+    names = classify.algorithm_names(classify.algorithm(circ, gs, di, **strict))
+    assert list(names[:2]) == ["mixed", "mixed"]
+
+
+def test_algorithm_is_built_from_the_labels():
+    """Pizza iff both labels are 1, Clock iff both are 0, for circular networks; the labels are
+    the ones the phase diagrams fit (one classifier)."""
+    rng = np.random.default_rng(0)
+    runs = {
+        "circularity": rng.choice([0.5, 0.999, np.nan], 200),
+        "gradient_symmetricity": rng.choice([0.1, 0.99, np.nan], 200),
+        "distance_irrelevance": rng.choice([0.1, 0.9, np.nan], 200),
+    }
+    lab = classify.labels(runs)
+    codes = classify.algorithm(
+        runs["circularity"], runs["gradient_symmetricity"], runs["distance_irrelevance"]
+    )
+    circ = classify.circular_mask(runs["circularity"])
+    s, d = lab["symmetric"], lab["distance_dependent"]
+    want = np.where(~circ, 0, np.where((s == 1) & (d == 1), 1, np.where((s == 0) & (d == 0), 2, 3)))
+    np.testing.assert_array_equal(codes, want)
+    assert set(codes) == {0, 1, 2, 3}
+
+
+def test_thresholds_read_from_analysis_options():
+    th = classify.thresholds({"gradient_symmetricity_threshold": 0.5, "n_triples": 7})
+    assert th == {**THRESHOLDS, "gradient_symmetricity_threshold": 0.5}
+    with pytest.raises(ValueError, match="circular_threshold"):
+        classify.thresholds({"circular_threshold": float("nan")})
 
 
 def test_circuit_options_validation():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from phasespace.cli import main
-from phasespace.io.store import load_sweep
+from phasespace.io.store import load_sweep, read_csv
+from phasespace.sweep.reanalyze import analyze_sweep
 
 TINY = """
 name = "tiny"
@@ -63,6 +65,49 @@ def test_load_sweep_arrays_consistent(tiny_sweep):
     # the table's final metrics are recomputed by the analysis pass: loss after the last step
     # is below the loss logged before it
     assert np.all(runs["train_loss"] <= r.history["train_loss"][:, -1] * 1.5)
+
+
+def _assert_same_arrays(got, want, where, exact=True):
+    assert sorted(got) == sorted(want), where
+    for k, w in want.items():
+        g = got[k]
+        assert g.shape == w.shape and g.dtype.kind == w.dtype.kind, (where, k)
+        if exact:
+            assert np.array_equal(g, w, equal_nan=w.dtype.kind == "f"), f"{where}: {k}"
+        elif w.dtype.kind == "f":
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=0, equal_nan=True, err_msg=f"{where}: {k}")
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=f"{where}: {k}")
+
+
+def test_analyze_of_an_unchanged_sweep_rewrites_the_same_files(tiny_sweep, tmp_path):
+    """``phasespace analyze DIR`` writes through the writer of ``phasespace run``: phase.npz (grid
+    arrays, binned arrays and α*), analysis.npz and runs.csv come out as the run wrote them."""
+    d = tmp_path / "copy"
+    shutil.copytree(tiny_sweep, d)
+    before = {}
+    for name in ("phase.npz", "analysis.npz"):
+        with np.load(d / name) as z:
+            before[name] = {k: z[k] for k in z.files}
+    runs_before = read_csv(str(d / "runs.csv"))
+    phase = before["phase.npz"]
+    assert "coord__attention_rate" in phase and "gradient_symmetricity__mean" in phase
+    assert "binned__all__symmetric__mean" in phase and "transition__all__symmetric__alpha_star" in phase
+    os.remove(d / "phase.npz")
+    os.remove(d / "analysis.npz")
+    assert main(["analyze", str(d)]) == 0
+    for name, want in before.items():
+        with np.load(d / name) as z:
+            _assert_same_arrays({k: z[k] for k in z.files}, want, name)
+    _assert_same_arrays(read_csv(str(d / "runs.csv")), runs_before, "runs.csv", exact=False)
+    assert list(read_csv(str(d / "runs.csv"))) == list(runs_before)
+    # the thresholds are [analysis] options: overriding one relabels the table and the phase arrays
+    rows = analyze_sweep(str(d), {"gradient_symmetricity_threshold": -1.0})
+    assert all(r["algorithm"] in ("non-circular", "pizza", "mixed") for r in rows)
+    with np.load(d / "phase.npz") as z:
+        frac, cnt = z["binned__all__symmetric__mean"], z["binned__all__symmetric__count"]
+        assert np.all(frac[cnt > 0] == 1.0)
+        assert '"gradient_symmetricity_threshold": -1.0' in str(z["options"])
 
 
 def test_bad_spec_fails_before_compute(tmp_path):

@@ -145,3 +145,25 @@ def test_cli_compare_table_with_table(tmp_path, capsys):
     assert np.all(back["alpha_star_diff"] == 0)
     assert main(["compare", str(tmp_path / "missing")]) == 2
     assert diagram.SUBSETS == ("all", "circular")
+
+
+def test_cli_compare_threshold_flags_use_the_analysis_names(tmp_path):
+    t = _table("1l_fixedwidth.csv")
+    rows, _ = compare.select(compare.load_table(t))
+
+    def run(*flags):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        assert main(["compare", t, "--table", t, "--out", str(out), *flags]) == 0
+        with np.load(out / "compare_1l_fixedwidth.npz") as z:
+            return {k: z[k] for k in z.files}
+
+    default = run()
+    assert default["A__transition__circular__symmetric__n"].sum() == 817
+    loose = run("--circular-threshold", "0.9", "--gradient-symmetricity-threshold", "0.5")
+    assert loose["A__transition__circular__symmetric__n"].sum() == int(np.sum(rows["circularity"] >= 0.9))
+    sym = "A__binned__all__symmetric__count"
+    np.testing.assert_array_equal(loose[sym], default[sym])
+    frac = "A__binned__all__symmetric__mean"
+    assert np.nansum(loose[frac]) > np.nansum(default[frac])
+    with pytest.raises(SystemExit):
+        main(["compare", t, "--table", t, "--symmetric-threshold", "0.5"])

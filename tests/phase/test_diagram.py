@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from phasespace.analysis import classify
+from phasespace.defaults import CIRCULAR_THRESHOLD
+from phasespace.io.checkpoint import resume_fields
 from phasespace.phase import diagram
 from phasespace.spec import SpecError, expand, parse_spec
 
@@ -91,11 +94,11 @@ def test_classify_thresholds_are_parameters():
         "gradient_symmetricity": np.asarray([0.99, 0.97, np.nan]),
         "distance_irrelevance_largest_wrong": np.asarray([0.3, 0.7, 0.5]),
     }
-    lab = diagram.classify(runs)
+    lab = classify.labels(runs)
     np.testing.assert_array_equal(lab["symmetric"], [1.0, 0.0, np.nan])
     np.testing.assert_array_equal(lab["distance_dependent_largest_wrong"], [1.0, 0.0, 1.0])
     assert "distance_dependent" not in lab
-    lab = diagram.classify(runs, symmetric_threshold=0.95, irrelevance_threshold=0.4)
+    lab = classify.labels(runs, gradient_symmetricity_threshold=0.95, distance_irrelevance_threshold=0.4)
     np.testing.assert_array_equal(lab["symmetric"], [1.0, 1.0, np.nan])
     np.testing.assert_array_equal(lab["distance_dependent_largest_wrong"], [1.0, 0.0, 0.0])
 
@@ -126,7 +129,7 @@ def test_phase_arrays_two_width_bins_recover_their_boundaries():
     assert np.all(np.isnan(a_star[1:3])) and list(status) == ["fitted", "too few", "too few", "fitted"]
     np.testing.assert_array_equal(arr["transition__all__symmetric__n"], [[3000, 0, 0, 3000]])
     n_circ = arr["transition__circular__symmetric__n"][0]
-    assert n_circ[0] + n_circ[3] == int(np.sum(circ >= 0.995))
+    assert n_circ[0] + n_circ[3] == int(np.sum(circ >= CIRCULAR_THRESHOLD))
     # binned arrays: dims, counts and the label fraction
     assert list(arr["dims__binned"]) == ["family", "d_model_bin", "attention_rate_bin"]
     cnt = arr["binned__all__symmetric__count"]
@@ -144,11 +147,12 @@ def test_spec_phase_and_bucket_options_validated():
     base = {"axes": {"p": 11, "d_model": 8}}
     spec = parse_spec({**base, "phase": {"alpha_bins": [0, 0.5, 1]}, "buckets": {"max_buckets": 2}})
     assert spec.phase["alpha_bins"] == [0, 0.5, 1] and spec.buckets["max_buckets"] == 2
-    assert '"phase"' not in spec.fingerprint() and '"buckets"' in spec.fingerprint()
+    fields = resume_fields(spec)
+    assert not any(k.startswith("phase.") for k in fields) and "buckets.max_buckets" in fields
     for bad, field in [
         ({"phase": {"alpha_bins": "octave"}}, "phase.alpha_bins"),
         ({"phase": {"width_bins": [64, 32]}}, "phase.width_bins"),
-        ({"phase": {"symmetric_threshold": "x"}}, "phase.symmetric_threshold"),
+        ({"analysis": {"gradient_symmetricity_threshold": "x"}}, "analysis.gradient_symmetricity_threshold"),
         ({"phase": {"alpha_bin": 3}}, "alpha_bins"),
         ({"buckets": {"max_buckets": 0}}, "buckets.max_buckets"),
         ({"buckets": {"max_waste": 1.5}}, "buckets.max_waste"),
@@ -239,3 +243,39 @@ def test_sampled_width_sweep_writes_phase_arrays_padding_and_figures(tmp_path, c
         assert np.all(np.isfinite(r.runs[k])), k
     figs = sorted(os.listdir(out / "figures"))
     assert "phase_width_all.png" in figs and "alpha_panels_d4-7_all.png" in figs
+
+
+@pytest.mark.parametrize(
+    ("table", "old", "new"),
+    [
+        ("phase", "symmetric_threshold", "analysis.gradient_symmetricity_threshold"),
+        ("phase", "irrelevance_threshold", "analysis.distance_irrelevance_threshold"),
+        ("phase", "circular_threshold", "analysis.circular_threshold"),
+        ("analysis", "gs_threshold", "analysis.gradient_symmetricity_threshold"),
+        ("analysis", "di_threshold", "analysis.distance_irrelevance_threshold"),
+    ],
+)
+def test_old_threshold_keys_are_refused_naming_the_new_key(table, old, new):
+    with pytest.raises(SpecError, match=rf"^{table}\.{old}: moved to {new}$"):
+        parse_spec({"axes": {"p": 11, "d_model": 8}, table: {old: 0.5}})
+
+
+def test_thresholds_are_analysis_options_read_by_the_phase_diagram_and_free_on_resume():
+    base = {"axes": {"p": 11, "d_model": 8}}
+    spec = parse_spec({**base, "analysis": {"gradient_symmetricity_threshold": 0.5}})
+    assert spec.analysis["gradient_symmetricity_threshold"] == 0.5
+    assert "circular_threshold" not in spec.phase and "gradient_symmetricity_threshold" not in spec.phase
+    assert resume_fields(spec) == resume_fields(parse_spec(base))  # thresholds do not change training
+    runs = {
+        "d_model": np.full(4, 8.0),
+        "attention_rate": np.asarray([0.0, 0.0, 1.0, 1.0]),
+        "circularity": np.ones(4),
+        "gradient_symmetricity": np.asarray([0.9, 0.9, 0.3, 0.3]),
+    }
+    frac = "binned__all__symmetric__mean"
+    np.testing.assert_array_equal(diagram.phase_arrays(runs, spec.phase)[frac], [[[0.0, 0.0]]])
+    np.testing.assert_array_equal(
+        diagram.phase_arrays(runs, spec.phase, thresholds=spec.analysis)[frac], [[[1.0, 0.0]]]
+    )
+    with pytest.raises(ValueError, match=r"phase\.symmetric_threshold: moved to"):
+        diagram.phase_arrays(runs, {"symmetric_threshold": 0.5})

@@ -304,7 +304,7 @@ def test_balanced_sweep_writes_runs_csv_and_phase_npz(tmp_path):
     """c19's failure, without training: the rows of a sweep whose labels are balanced on a 2-point
     α grid; write_results must write every file with α* NaN and the status by name."""
     from phasespace.io.store import load_sweep
-    from phasespace.sweep.run import write_results
+    from phasespace.sweep.derived import runs_columns, write_results
 
     spec = load_spec(_case("c19_balanced.toml"))
     rows = []
@@ -325,7 +325,7 @@ def test_balanced_sweep_writes_runs_csv_and_phase_npz(tmp_path):
         rows.append(v)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing fails, so nothing warns
-        write_results(spec, str(tmp_path), rows, [])
+        write_results(str(tmp_path), rows, runs_columns(spec), spec)
     r = load_sweep(str(tmp_path))
     assert len(r.runs["index"]) == 4
     for subset in ("all", "circular"):
