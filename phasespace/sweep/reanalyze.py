@@ -22,15 +22,17 @@ import jax
 import numpy as np
 
 from phasespace.analysis.circuits import analyze_full
+from phasespace.analysis.faults import describe_flags
 from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
 from phasespace.io.reference import load_reference_checkpoint, read_reference_config
 from phasespace.models.registry import family
 from phasespace.phase import diagram
 from phasespace.population.stack import attn_scale
-from phasespace.spec.parse import ANALYSIS_DEFAULTS, parse_spec
+from phasespace.spec.parse import ANALYSIS_DEFAULTS, spec_from_dict
 from phasespace.sweep.run import ARRAYS_FILE, stack_padded, write_array_metrics
 from phasespace.tasks import train_mask
+from phasespace.training.step import label_collapsed
 
 REFERENCE_COLUMNS = (
     "run",
@@ -107,6 +109,7 @@ def analyze_reference_dir(
             }
             row.update({k: v[j] for k, v in scalars.items()})
             row.update({k: v[j] for k, v in arrays.items()})
+            row["degenerate"] = describe_flags(int(row["degenerate"]))  # the flags' names, as runs.csv
             rows[i] = row
     array_names = [k for k, v in rows[0].items() if isinstance(v, np.ndarray) and v.ndim >= 1]
     stacked = {k: stack_padded([np.asarray(r[k]) for r in rows]) for k in array_names}
@@ -167,7 +170,7 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
             spec_raw = json.load(f)
     opts = _analysis_options(spec_raw.get("analysis"))
     opts.update(analysis or {})
-    table = store.read_csv(runs_path)
+    table = store.read_runs(runs_path)
     header = list(table)
     n = len(table["index"])
     rows = [{c: table[c][i] for c in header} for i in range(n)]
@@ -179,11 +182,13 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
             row = rows[pos[int(index)]]
             row.update({k: v[j] for k, v in scalars.items()})
             row.update({k: v[j] for k, v in arrays.items()})
+            row["degenerate"] = describe_flags(int(row["degenerate"]))  # the flags' names, as run
+            label_collapsed(row)  # collapse is a training record: the class stays "collapsed"
     columns = _table_columns(rows, header)
     store.write_csv(runs_path, columns, rows)
     write_array_metrics(os.path.join(sweep_dir, ARRAYS_FILE), rows)
     if spec_raw:
-        spec = parse_spec(spec_raw)
+        spec = spec_from_dict(spec_raw)
         grid = [a for a in spec.grid_axes if a != "data_seed"]
         if not spec.sampled_axes:
             runs = {c: np.asarray([r.get(c, np.nan) for r in rows]) for c in columns if c != "bucket"}

@@ -33,7 +33,14 @@ from phasespace.training import placement
 from phasespace.training.loop import train_population
 from phasespace.training.memory import plan_training
 from phasespace.training.program import effective_precision
-from phasespace.training.step import HISTORY_FIELDS, TrainState, compiled_init
+from phasespace.training.step import (
+    HISTORY_FIELDS,
+    RECORD_COLUMNS,
+    TrainState,
+    compiled_init,
+    label_collapsed,
+    run_record,
+)
 
 RUN_COLUMNS = (
     "train_loss",
@@ -49,12 +56,8 @@ RUN_COLUMNS = (
     "circularity",
     "circular",
     "param_norm",
-    "first_full_train_step",
-    "first_full_test_step",
-    "collapsed",
-    "nonfinite_step",
+    *RECORD_COLUMNS,
     "degenerate",
-    "steps",
     "precision",
     "compute",
 )
@@ -217,16 +220,15 @@ def train_bucket(
     host = placement.tree_to_host(state._replace(params=None, opt_state=None))
     precision = effective_precision(recipe.precision, jax.default_backend())
     compute = "fast" if recipe.fast and supports_fast(bucket.arch) else "plain"
+    record = run_record(host, m)
     rows = []
     for i, net in enumerate(bucket.networks):
         row: dict[str, Any] = {"index": net.index, "bucket": bucket.key, **net.values}
         row.update({k: m[k][i] for k in m})
         row.update({k: arrays[k][i] for k in arrays})
-        row["first_full_train_step"] = int(host.first_full_train[i])
-        row["first_full_test_step"] = int(host.first_full_test[i])
-        row["collapsed"] = bool(host.collapsed[i])
-        row["nonfinite_step"] = int(host.nonfinite_step[i])
-        row["steps"] = int(host.step[i])
+        row["data_seed"] = net.spec().split_seed  # resolved: an axis value of −1 means the seed
+        row.update({k: v[i] for k, v in record.items()})
+        label_collapsed(row)  # a collapsed network is never labelled Clock or Pizza
         row["degenerate"] = describe_flags(int(m["degenerate"][i]))
         row["precision"] = precision
         row["compute"] = compute
@@ -279,7 +281,7 @@ def run_sweep(
         if spec_path is not None:
             with open(spec_path, "rb") as f:
                 store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
-        store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+        store.write_json(os.path.join(out_dir, "spec.json"), spec.resolved())
     env = environment(spec)
     env["padding"] = padding_report(buckets)
     if main:
