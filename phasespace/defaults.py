@@ -35,8 +35,10 @@ DI_METRICS = ("distance_irrelevance", "distance_irrelevance_largest_wrong")
 """The two distance irrelevances: correct logit (paper Def. 4.2) and the published tables'
 largest-wrong-logit variant (SPEC §5.2)."""
 
-ALGORITHMS = ("non-circular", "pizza", "clock", "mixed")
-"""Algorithm classes of a network (SPEC §5.7); ``algorithm_code`` indexes this tuple."""
+ALGORITHMS = ("non-circular", "pizza", "clock", "mixed", "collapsed")
+"""Algorithm classes of a network (SPEC §5.7); ``algorithm_code`` indexes this tuple. The
+classification of the final weights gives the first four; a network whose accuracy collapsed
+(``collapsed`` in the runs table) is labelled ``collapsed`` whatever its weights look like."""
 
 # --------------------------------------------------------------------------------------------- #
 # The training recipe (SPEC §4)
@@ -102,3 +104,10 @@ THRESHOLDS: dict[str, float] = {
 }
 """The label thresholds under their one name each (the ``[analysis]`` options and the
 ``compare`` flags use these names)."""
+
+FULL_ACCURACY = 0.99
+"""Accuracy counted as "solved" for the first-step records and the collapse rule (the reference
+code's 0.99); the ``first_full_*`` records count exactly 1."""
+COLLAPSE_DROP = 0.1
+"""A network collapsed when its final training or test accuracy is more than this below its best
+after reaching :data:`FULL_ACCURACY`."""

@@ -378,7 +378,8 @@ def analyze_full(
         ``(scalars, arrays)``: per-network scalars (R,) — every field of
         :func:`~phasespace.analysis.network.analyze_network`, ``n_circles``, ``circles_accuracy``,
         ``circularity_b``, ``circular`` (bool), ``algorithm_code`` (int) and ``algorithm``
-        (str) and ``circle{i}_*`` columns (:data:`CIRCLE_COLUMN_FIELDS`) — and per-network
+        (str) and ``circle{i}_*`` columns (:data:`CIRCLE_COLUMN_FIELDS`; float, NaN for an empty
+        slot and for ``accompanies`` when the circle accompanies none) — and per-network
         arrays (R, ...) of :func:`circuit_network` (``pc_*``, ``circle_*``).
     """
     analysis = dict(analysis or {})
@@ -405,5 +406,6 @@ def analyze_full(
     n_slots = circ["circle_frequency"].shape[1]
     for i in range(1, n_slots + 1):
         for name, field in CIRCLE_COLUMN_FIELDS.items():
-            scalars[f"circle{i}_{name}"] = circ[field][:, i - 1]
+            col = circ[field][:, i - 1]  # integer fields: 0 (empty slot, accompanies none) → NaN
+            scalars[f"circle{i}_{name}"] = np.where(col != 0, col, np.nan) if col.dtype.kind in "iu" else col
     return scalars, arrays

@@ -52,8 +52,9 @@ from phasespace.training.step import HISTORY_FIELDS, TrainState
 
 T = TypeVar("T")
 
-FORMAT = 1
-"""Version of the checkpoint layout written by this module."""
+FORMAT = 2
+"""Version of the checkpoint layout written by this module (2: the run record in the state;
+checkpoints of format 1 are not resumed from, their bucket is trained afresh)."""
 
 RESUME_FREE_FIELDS = (
     "name",
@@ -68,9 +69,10 @@ names of today and of earlier specs, are applied to the finished table). Every o
 the resolved spec must match, including ``train.log_every`` (it fixes which history columns are
 kept)."""
 
-RESUME_FREE_TABLES = ("phase.",)
-"""Spec tables that may change too: the phase diagram's binning is applied after training, to the
-finished table."""
+RESUME_FREE_TABLES = ("phase.", "resolved.")
+"""Spec tables that may change too: the phase diagram's binning and thresholds are applied after
+training, to the finished table; ``resolved`` (in ``spec.json``, :meth:`SweepSpec.resolved`) is
+derived from the compared fields (and absent from the ``spec.json`` of older sweeps)."""
 
 KEEP_CHECKPOINTS = 2
 """Complete checkpoints kept per bucket (the latest and one to fall back on)."""
@@ -422,6 +424,11 @@ class BucketCheckpoint:
                     ),
                 )
                 meta = got["meta"]
+                if isinstance(meta, dict) and isinstance(meta.get("format"), int) and meta["format"] < FORMAT:
+                    raise _Corrupt(
+                        f"written by an older phasespace (format {meta['format']}, this one reads {FORMAT}: "
+                        "the state now holds the run record); the bucket is trained afresh"
+                    )
                 if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                     raise _Corrupt(f"metadata {meta!r:.80}: not a phasespace checkpoint of format {FORMAT}")
                 self._check_identity(meta, where)

@@ -7,8 +7,25 @@ A sweep directory holds::
     runs.csv           one row per network: its axis values and every metric (plain CSV)
     phase.npz          phase-diagram arrays with named axes and coordinates
     history.npz        per-network training curves (run axis × logged step)
+    analysis.npz       per-network array metrics (circles, per-(a − b) accuracy)
     figures/*.png      plots
     checkpoints/       orbax checkpoints per bucket (resume points, :mod:`phasespace.io.checkpoint`)
+
+``runs.csv`` has one fixed type per column (:mod:`phasespace.io.table`): a missing number is
+``nan``, missing text the empty string; :func:`load_sweep` reads it by that schema.
+
+``spec.json`` is the spec with every default filled in (:meth:`SweepSpec.to_dict
+<phasespace.spec.parse.SweepSpec.to_dict>`, the fields compared on resume) plus ``resolved``:
+values the spec leaves to the model family or to each network (:meth:`SweepSpec.resolved
+<phasespace.spec.parse.SweepSpec.resolved>`): the training recipe of each model family (``b2``,
+``warmup_steps``, …) and the split seed (``data_seed``: the axis value, with −1 written as
+``"seed"``, the network's own seed; ``runs.csv`` holds each network's resolved split seed).
+
+``analysis.npz`` holds arrays (R, ...) in ``runs.csv`` order. Float arrays are NaN where a value is
+missing. Integer arrays (``pc_frequency``, ``pc_delta``, ``pc_frequency_b``, ``circle_frequency``,
+``circle_delta``, ``circle_components``, ``circle_accompanies``) hold 0 in an empty circle slot and
+for a circle that accompanies none (a key frequency, δ or count is never 0 otherwise), and −1 in
+the padding added where buckets have different numbers of slots or components.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a reader
 never sees a partial file; ``runs.csv`` is written last and marks a finished sweep.
@@ -20,16 +37,19 @@ import contextlib
 import csv
 import dataclasses
 import gzip
+import importlib
 import io
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from phasespace import hooks
+from phasespace.io.table import column_dtype
 
 TMP_SUFFIX = ".tmp"
 """Suffix of the temporary files of :func:`atomic_path`."""
@@ -116,39 +136,146 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def write_csv(path: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """A plain CSV (header + one line per row) written atomically; floats with 9 significant
-    digits, NaN as ``nan``."""
+class SchemaWarning(UserWarning):
+    """A table column the schema does not know (read by inference)."""
+
+
+def write_csv(
+    path: str,
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    schema: Callable[[str], str | None] = column_dtype,
+) -> None:
+    """A plain CSV (header + one line per row) written atomically.
+
+    Each value is formatted by its column's type (``schema(name)``, default the runs-table schema
+    :func:`phasespace.io.table.column_dtype`): float64 with round-trip precision, NaN and a
+    missing float as ``nan``, infinities as ``inf``/``-inf``; int64 as an integer; bool as
+    ``true``/``false``; str as is, a missing one as the empty string. Columns the schema does not
+    know are formatted by the value's own type. A float reads back exactly at the precision it
+    was computed in: a value that is exactly a float32 as the shortest decimal of that float32
+    (``0.7352246``), any other as the shortest decimal of the float64 (``0.03``).
+
+    Raises:
+        ValueError: naming the column and row, for a value that does not fit its column's type
+            (e.g. a missing or NaN value in an int64 or bool column).
+    """
+    dtypes = [schema(c) for c in columns]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
-    for r in rows:
-        w.writerow([_fmt(r.get(c, "")) for c in columns])
+    for i, r in enumerate(rows):
+        line = []
+        for c, t in zip(columns, dtypes, strict=True):
+            try:
+                line.append(_fmt(r.get(c), t))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: row {i}, column {c!r} ({t}): {e}") from None
+        w.writerow(line)
     write_text(path, buf.getvalue())
 
 
-def _fmt(v: Any) -> str:
+def _fmt_float(v: Any) -> str:
+    # Decided by the value, not its container (a float32 read back from result.json is a Python
+    # float): a value that is exactly a float32 is written as the shortest string that reads back
+    # to that float32, any other as the shortest that reads back to the same float64.
+    x = float(v)
+    x32 = np.float32(x)
+    return str(x32) if np.isfinite(x) and float(x32) == x else repr(x)
+
+
+def _fmt(v: Any, dtype: str | None) -> str:
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    missing = v is None or (isinstance(v, str) and v == "")
+    if dtype == "float64":
+        if missing:
+            return "nan"
+        if isinstance(v, (bool, np.bool_, str)):
+            raise TypeError(f"{v!r} is not a number")
+        return _fmt_float(v)
+    if dtype == "int64":
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return str(int(v))
+        if missing or isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{v!r} is not an integer")
+        return str(int(v))
+    if dtype == "bool":
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{v!r} is not true or false")
+        return "true" if v else "false"
+    if dtype == "str":
+        if missing or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            return ""
+        return str(v)
+    if missing:
+        return ""
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v)).lower()
     if isinstance(v, (float, np.floating)):
-        return f"{float(v):.9g}"
+        return _fmt_float(v)
     if isinstance(v, np.integer):
         return str(int(v))
     return str(v)
 
 
-def read_csv(path: str) -> dict[str, np.ndarray]:
-    """Read a runs table (``.csv``, or gzipped ``.csv.gz``) into columns: numeric columns as
-    float64/int64 arrays, ``true``/``false`` as bool, anything else as str."""
+def read_csv(path: str, schema: Callable[[str], str | None] | None = None) -> dict[str, np.ndarray]:
+    """Read a table (``.csv``, or gzipped ``.csv.gz``) into columns, each typed by ``schema``
+    (e.g. the runs-table schema :func:`phasespace.io.table.column_dtype`, as :func:`read_runs`
+    does): int64, float64 (an empty cell is NaN), bool (``true``/``false``) or str arrays.
+
+    A column the schema does not know (or every column, with ``schema=None``, for tables of other
+    origin such as the published sweeps) is typed by inference (integers → int64, numbers →
+    float64, ``true``/``false`` → bool, else str), with a :class:`SchemaWarning` when a schema was
+    given.
+
+    Raises:
+        ValueError: naming the file, the column and the cell, for a value that does not parse as
+            its column's type.
+    """
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
     out: dict[str, np.ndarray] = {}
+    unknown = []
     for j, name in enumerate(header):
         col = [r[j] if j < len(r) else "" for r in body]
-        out[name] = _parse_column(col)
+        dtype = schema(name) if schema is not None else None
+        if dtype is None:
+            unknown.append(name)
+            out[name] = _parse_column(col)
+            continue
+        try:
+            out[name] = _parse_typed(col, dtype)
+        except ValueError as e:
+            raise ValueError(f"{path}: column {name!r} ({dtype}): {e}") from None
+    if unknown and schema is not None:
+        warnings.warn(
+            f"{path}: columns {unknown} are not in the runs-table schema; their types were inferred",
+            SchemaWarning,
+            stacklevel=2,
+        )
     return out
+
+
+def read_runs(path: str) -> dict[str, np.ndarray]:
+    """A ``runs.csv`` read by the runs-table schema (:mod:`phasespace.io.table`): every column
+    has its one fixed type whatever its values."""
+    return read_csv(path, column_dtype)
+
+
+def _parse_typed(col: list[str], dtype: str) -> np.ndarray:
+    if dtype == "str":
+        return np.asarray(col, dtype=str)
+    if dtype == "bool":
+        bad = [c for c in col if c not in ("true", "false")]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not true or false")
+        return np.asarray([c == "true" for c in col], dtype=bool)
+    if dtype == "int64":
+        return np.asarray([int(c) for c in col], dtype=np.int64)
+    return np.asarray([float(c) if c != "" else np.nan for c in col], dtype=np.float64)
 
 
 def _parse_column(col: list[str]) -> np.ndarray:
@@ -163,6 +290,15 @@ def _parse_column(col: list[str]) -> np.ndarray:
         return np.asarray([float(c) if c != "" else np.nan for c in col], dtype=np.float64)
     except ValueError:
         return np.asarray(col, dtype=str)
+
+
+def _optional(module: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"this needs the optional dependency {module!r}: pip install phasespace[{extra}]"
+        ) from e
 
 
 @dataclasses.dataclass
@@ -185,6 +321,40 @@ class SweepResult:
     runs: dict[str, np.ndarray]
     phase: dict[str, np.ndarray]
     history: dict[str, np.ndarray]
+
+    def to_pandas(self) -> Any:
+        """The runs table as a ``pandas.DataFrame`` (one row per network, columns in
+        ``runs.csv`` order, typed by the schema).
+
+        Raises:
+            ImportError: without pandas (``pip install phasespace[pandas]``).
+        """
+        pd = _optional("pandas", "pandas")
+        return pd.DataFrame(dict(self.runs))
+
+    def to_xarray(self) -> Any:
+        """The phase-diagram arrays as an ``xarray.Dataset``: each array with its named
+        dimensions and coordinates (:meth:`metric`), bin edges as ``edges__<dim>`` over
+        ``<dim>_edge``, text entries (the binning options) as attributes.
+
+        Raises:
+            ImportError: without xarray (``pip install phasespace[xarray]``).
+        """
+        xr = _optional("xarray", "xarray")
+        coords = {k[len("coord__") :]: v for k, v in self.phase.items() if k.startswith("coord__")}
+        data: dict[str, Any] = {}
+        attrs: dict[str, Any] = {}
+        for name, arr in self.phase.items():
+            if name.startswith(("coord__", "dims__")) or name in ("axes", "axes_reduced"):
+                continue
+            if name.startswith("edges__"):
+                data[name] = ((f"{name[len('edges__') :]}_edge",), arr)
+            elif arr.ndim == 0 and arr.dtype.kind in "US":
+                attrs[name] = str(arr)  # e.g. the binning options (JSON)
+            else:
+                _, dims, _ = self.metric(name)
+                data[name] = (tuple(dims), arr)
+        return xr.Dataset(data, coords=coords, attrs=attrs)
 
     def metric(self, name: str) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
         """A phase-diagram array with its axis names and coordinates.
@@ -235,7 +405,7 @@ def load_sweep(path: str) -> SweepResult:
         path=path,
         spec=load_json("spec.json"),
         environment=load_json("environment.json"),
-        runs=read_csv(runs_path),
+        runs=read_runs(runs_path),
         phase=load_npz("phase.npz"),
         history=load_npz("history.npz"),
     )

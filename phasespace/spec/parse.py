@@ -224,6 +224,47 @@ class SweepSpec:
             "phase": dict(self.phase),
         }
 
+    def resolved(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus ``resolved``, the values the spec leaves to each model family or
+        network (``spec.json``; :func:`spec_from_dict` reads it back):
+
+        * ``recipes``: model family (each value of ``axes.model``) → its training recipe with
+          the family's defaults filled in (``b2``, ``warmup_steps``; SPEC §4).
+        * ``data_seed``: the ``data_seed`` axis with −1 written as ``"seed"`` (the split seed is
+          the network's own seed); each network's resolved split seed is the ``data_seed``
+          column of ``runs.csv``.
+        """
+        models = _values(self.axes["model"])
+        ds = self.axes["data_seed"]
+        if isinstance(ds, tuple):
+            data_seed: Any = ["seed" if v == -1 else v for v in ds]
+        elif isinstance(ds, dict):
+            data_seed = dict(ds)
+        else:
+            data_seed = "seed" if ds == -1 else ds
+        d = self.to_dict()
+        d[RESOLVED_KEY] = {
+            "recipes": {m: dataclasses.asdict(self.recipe_for(m)) for m in models},
+            "data_seed": data_seed,
+        }
+        return d
+
+
+RESOLVED_KEY = "resolved"
+"""The key of ``spec.json`` holding the derived values of :meth:`SweepSpec.resolved` (not a
+spec table: recomputed from the rest, and not accepted in a spec file)."""
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> SweepSpec:
+    """The spec stored in a sweep's ``spec.json`` (:meth:`SweepSpec.resolved` or, from older
+    sweeps, :meth:`SweepSpec.to_dict`, keys of earlier versions renamed by
+    :func:`upgrade_stored_spec`), validated again; ``resolved`` is ignored (it is derived).
+
+    Raises:
+        SpecError: as :func:`parse_spec`.
+    """
+    return parse_spec(upgrade_stored_spec({k: v for k, v in d.items() if k != RESOLVED_KEY}))
+
 
 def _check_value(field: str, key: str, v: Any) -> Any:
     where = f"{field}"

@@ -19,7 +19,7 @@ from phasespace.analysis.faults import describe_flags
 from phasespace.io import store
 from phasespace.phase import diagram, figures
 from phasespace.spec.parse import AXES, SweepSpec
-from phasespace.training.step import HISTORY_FIELDS
+from phasespace.training.step import HISTORY_FIELDS, RECORD_COLUMNS
 
 RUN_COLUMNS = (
     "train_loss",
@@ -35,12 +35,8 @@ RUN_COLUMNS = (
     "circularity",
     "circular",
     "param_norm",
-    "first_full_train_step",
-    "first_full_test_step",
-    "collapsed",
-    "nonfinite_step",
+    *RECORD_COLUMNS,
     "degenerate",
-    "steps",
     "precision",
     "compute",
 )

@@ -31,9 +31,14 @@ from phasespace.io.reference import load_reference_checkpoint, read_reference_co
 from phasespace.models.registry import family
 from phasespace.population.stack import attn_scale
 from phasespace.spec.expand import expand
-from phasespace.spec.parse import ANALYSIS_DEFAULTS, SweepSpec, parse_spec, upgrade_stored_spec
+from phasespace.spec.parse import (
+    ANALYSIS_DEFAULTS,
+    SweepSpec,
+    spec_from_dict,
+)
 from phasespace.sweep.derived import RUNS_FILE, array_metrics, metric_values, write_results
 from phasespace.tasks import train_mask
+from phasespace.training.step import label_collapsed
 
 REFERENCE_COLUMNS = (
     "run",
@@ -176,9 +181,9 @@ def stored_spec(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> Sw
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        raw = upgrade_stored_spec(json.load(f))
+        raw = json.load(f)
     raw["analysis"] = {**raw.get("analysis", {}), **(analysis or {})}
-    return parse_spec(raw)
+    return spec_from_dict(raw)
 
 
 def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -211,7 +216,7 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
         )
     spec = stored_spec(sweep_dir, analysis)
     opts = spec.analysis if spec is not None else {**ANALYSIS_DEFAULTS, **(analysis or {})}
-    table = store.read_csv(runs_path)
+    table = store.read_runs(runs_path)
     header = list(table)
     rows = [{c: table[c][i] for c in header} for i in range(len(table["index"]))]
     pos = {int(i): r for r, i in enumerate(table["index"])}
@@ -223,7 +228,9 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
         b = load_bucket_params(path)
         scalars, arrays = analyze_full(b.arch, b.params, b.hparams, opts)
         for j, index in enumerate(b.index):
-            rows[pos[int(index)]].update(metric_values(scalars, arrays, j))
+            row = rows[pos[int(index)]]
+            row.update(metric_values(scalars, arrays, j))
+            label_collapsed(row)  # collapse is a training record: the class stays "collapsed"
     write_results(sweep_dir, rows, table_columns(rows, header), spec)
     return rows
 

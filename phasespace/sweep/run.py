@@ -35,7 +35,7 @@ from phasespace.training import placement
 from phasespace.training.loop import train_population
 from phasespace.training.memory import Plan, plan_training
 from phasespace.training.program import effective_precision
-from phasespace.training.step import TrainState, compiled_init
+from phasespace.training.step import TrainState, compiled_init, label_collapsed, run_record
 
 
 def environment(spec: SweepSpec) -> dict[str, Any]:
@@ -267,16 +267,15 @@ def bucket_rows(
     """Rows, one per network of the bucket: its axes, every metric and its training record."""
     precision = effective_precision(run.recipe.precision, jax.default_backend())
     compute = "fast" if run.recipe.fast and supports_fast(run.bucket.arch) else "plain"
+    record = run_record(host, scalars)
     rows = []
     for i, net in enumerate(run.bucket.networks):
         row: dict[str, Any] = {"index": net.index, "bucket": run.bucket.key, **net.values}
         row["attention_rate"] = row["attention_rate"] if row["model"] in ATTENTION_FAMILIES else np.nan
         row.update(metric_values(scalars, arrays, i))
-        row["first_full_train_step"] = int(host.first_full_train[i])
-        row["first_full_test_step"] = int(host.first_full_test[i])
-        row["collapsed"] = bool(host.collapsed[i])
-        row["nonfinite_step"] = int(host.nonfinite_step[i])
-        row["steps"] = int(host.step[i])
+        row["data_seed"] = net.spec().split_seed  # resolved: an axis value of −1 means the seed
+        row.update({k: v[i] for k, v in record.items()})
+        label_collapsed(row)  # a collapsed network is never labelled Clock or Pizza
         row["precision"] = precision
         row["compute"] = compute
         rows.append(row)
@@ -339,7 +338,7 @@ def run_sweep(
     trained = train_buckets(buckets, spec, out_dir, checkpoint_dir, progress)
     if main:
         write_results(out_dir, trained.rows, runs_columns(spec), spec, trained.histories)
-        env.update(run_record(spec, buckets, trained, resuming, len(networks), env["padding"]))
+        env.update(environment_record(spec, buckets, trained, resuming, len(networks), env["padding"]))
         store.write_json(os.path.join(out_dir, "environment.json"), env)
     if multi:
         from jax.experimental import multihost_utils
@@ -358,7 +357,7 @@ def prepare_directory(spec: SweepSpec, out_dir: str, spec_path: str | None) -> b
     if spec_path is not None:
         with open(spec_path, "rb") as f:
             store.write_bytes(os.path.join(out_dir, "spec.toml"), f.read())
-    store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
+    store.write_json(os.path.join(out_dir, "spec.json"), spec.resolved())
     return resuming
 
 
@@ -404,7 +403,7 @@ def train_buckets(
     return TrainedBuckets(rows, histories, layouts, trained[0], time.perf_counter() - t0)
 
 
-def run_record(
+def environment_record(
     spec: SweepSpec,
     buckets: list[Bucket],
     trained: TrainedBuckets,

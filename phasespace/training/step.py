@@ -11,14 +11,15 @@ between chunks.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from phasespace.defaults import RECIPE_DEFAULTS
+from phasespace.defaults import ALGORITHMS, COLLAPSE_DROP, FULL_ACCURACY, RECIPE_DEFAULTS
 from phasespace.models.fast import logits_table
 from phasespace.models.transformer import TransformerArch
 from phasespace.spec.networks import Recipe
@@ -137,13 +138,24 @@ def make_optimizer(
 class TrainState(NamedTuple):
     """State of one network (the population stacks a leading run axis on every leaf).
 
+    The run record (best values and first steps) is tracked here, inside the training program,
+    over every step's evaluation (the parameters *before* that step's update, counted by their
+    step number); :func:`run_record` folds in the final parameters and derives the runs-table
+    columns. Only steps before the network became non-finite count, and only those with a
+    finite training loss.
+
     Attributes:
         params: Flax parameter tree, float32.
         opt_state: optax AdamW state.
         step: int32, optimizer steps taken.
-        first_full_train: int32, first step count at which train accuracy was 1.0 (−1: never).
+        first_full_train: int32, first step at which train accuracy was exactly 1 (−1: never).
         first_full_test: int32, same for test accuracy.
-        collapsed: bool, test accuracy fell below 1.0 after having reached it.
+        first_solved_train: int32, first step at which train accuracy was ≥
+            :data:`~phasespace.defaults.FULL_ACCURACY` (0.99) (−1: never).
+        first_solved_test: int32, same for test accuracy.
+        best_train_accuracy, best_test_accuracy: float32, the maximum accuracy so far (NaN
+            before the first step).
+        best_train_loss, best_test_loss: float32, the minimum finite loss so far (NaN: none).
         nonfinite_step: int32, step at which the loss, the parameters or the AdamW moments
             became NaN/inf; the network is frozen from then on at its last finite parameters and
             optimizer state (−1: never).
@@ -154,7 +166,12 @@ class TrainState(NamedTuple):
     step: jax.Array
     first_full_train: jax.Array
     first_full_test: jax.Array
-    collapsed: jax.Array
+    first_solved_train: jax.Array
+    first_solved_test: jax.Array
+    best_train_accuracy: jax.Array
+    best_test_accuracy: jax.Array
+    best_train_loss: jax.Array
+    best_test_loss: jax.Array
     nonfinite_step: jax.Array
 
 
@@ -229,8 +246,10 @@ def evaluate(
 def init_state(recipe: Recipe, params: Any, hp: dict[str, jax.Array]) -> TrainState:
     """Fresh :class:`TrainState` of one network (vmap it for a population)."""
     tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
-    minus1 = jnp.int32(-1)
-    return TrainState(params, tx.init(params), jnp.int32(0), minus1, minus1, jnp.bool_(False), minus1)
+    minus1, nan = jnp.int32(-1), jnp.float32(jnp.nan)
+    return TrainState(
+        params, tx.init(params), jnp.int32(0), minus1, minus1, minus1, minus1, nan, nan, nan, nan, minus1
+    )
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -267,17 +286,30 @@ def train_chunk(
         keep = alive & ok
         params = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), params, s.params)
         opt_state = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), opt_state, s.opt_state)
-        full_tr = st["train_accuracy"] >= 1.0
-        full_te = st["test_accuracy"] >= 1.0
+        # The run record counts this step's evaluation while the network is alive and its loss
+        # finite (a non-finite loss means non-finite logits, whose accuracy means nothing).
+        counted = alive & jnp.isfinite(loss)
+        acc_tr, acc_te = st["train_accuracy"], st["test_accuracy"]
+        solved = jnp.float32(FULL_ACCURACY)  # float32 division and compare: exact for n < 3e5
+
+        def first(prev: jax.Array, hit: jax.Array) -> jax.Array:
+            return jnp.where((prev < 0) & hit & counted, s.step, prev)
+
+        def best(prev: jax.Array, x: jax.Array, better: Callable) -> jax.Array:
+            return jnp.where(counted & jnp.isfinite(x), better(prev, x), prev)  # fmax/fmin skip NaN
+
         new = TrainState(
             params=params,
             opt_state=opt_state,
             step=s.step + 1,
-            first_full_train=jnp.where(
-                (s.first_full_train < 0) & full_tr & alive, s.step, s.first_full_train
-            ),
-            first_full_test=jnp.where((s.first_full_test < 0) & full_te & alive, s.step, s.first_full_test),
-            collapsed=s.collapsed | ((s.first_full_test >= 0) & ~full_te & alive),
+            first_full_train=first(s.first_full_train, acc_tr >= 1.0),
+            first_full_test=first(s.first_full_test, acc_te >= 1.0),
+            first_solved_train=first(s.first_solved_train, acc_tr >= solved),
+            first_solved_test=first(s.first_solved_test, acc_te >= solved),
+            best_train_accuracy=best(s.best_train_accuracy, acc_tr.astype(jnp.float32), jnp.fmax),
+            best_test_accuracy=best(s.best_test_accuracy, acc_te.astype(jnp.float32), jnp.fmax),
+            best_train_loss=best(s.best_train_loss, loss.astype(jnp.float32), jnp.fmin),
+            best_test_loss=best(s.best_test_loss, st["test_loss"].astype(jnp.float32), jnp.fmin),
             nonfinite_step=jnp.where(alive & ~ok, s.step, s.nonfinite_step),
         )
         hist = {
@@ -289,6 +321,93 @@ def train_chunk(
         return new, hist
 
     return jax.lax.scan(step, state, None, length=n_steps)
+
+
+# --------------------------------------------------------------------------------------------- #
+# The run record (SPEC §5.6; the reference code's best/first/delay/gap statistics)
+
+RECORD_COLUMNS = (
+    "best_train_accuracy",
+    "best_test_accuracy",
+    "best_train_loss",
+    "best_test_loss",
+    "first_solved_train_step",
+    "first_solved_test_step",
+    "first_full_train_step",
+    "first_full_test_step",
+    "generalization_gap",
+    "generalization_delay1",
+    "generalization_delay2",
+    "collapsed",
+    "nonfinite_step",
+    "steps",
+)
+"""Runs-table columns of :func:`run_record`."""
+
+
+def run_record(state: TrainState, final: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The run record of R networks from their final state and final metrics (host, NumPy).
+
+    The final parameters (step ``state.step``, which no training step evaluated) count as one
+    more step: best values, first steps and collapse all include ``final``.
+
+    Args:
+        state: the trained population's state (leaves (R, ...); ``params``/``opt_state`` unused).
+        final: ``train_accuracy``, ``test_accuracy``, ``train_loss``, ``test_loss`` (R,) of the
+            final parameters (the runs table's final values).
+
+    Returns:
+        Each of :data:`RECORD_COLUMNS` (R,):
+
+        * ``best_{train,test}_{accuracy,loss}``: the maximum accuracy / minimum finite loss over
+          every step and the final parameters (float32; NaN: no finite loss).
+        * ``first_solved_{train,test}_step``: first step with accuracy ≥
+          :data:`~phasespace.defaults.FULL_ACCURACY` (0.99); ``first_full_*_step``: with accuracy
+          exactly 1; float64, NaN when never.
+        * ``generalization_gap``: best train accuracy − best test accuracy (float64).
+        * ``generalization_delay1``: first solved test step − first solved train step;
+          ``generalization_delay2``: the same for accuracy 1 (float64 steps, NaN if either is
+          never).
+        * ``collapsed`` (bool): for the train or the test split, accuracy reached ≥ 0.99 and the
+          final accuracy is more than :data:`~phasespace.defaults.COLLAPSE_DROP` (0.1) below the
+          best.
+        * ``nonfinite_step``: step at which the network became non-finite (float64, NaN: never);
+          ``steps``: optimizer steps taken (int64).
+    """
+    step = np.asarray(state.step).astype(np.int64)
+    out: dict[str, np.ndarray] = {}
+    collapsed = np.zeros(step.shape, bool)
+    for split in ("train", "test"):
+        acc = np.asarray(final[f"{split}_accuracy"], np.float32)
+        loss = np.asarray(final[f"{split}_loss"], np.float32)
+        best_acc = np.fmax(np.asarray(getattr(state, f"best_{split}_accuracy"), np.float32), acc)
+        prev_loss = np.asarray(getattr(state, f"best_{split}_loss"), np.float32)
+        best_loss = np.where(np.isfinite(loss), np.fmin(prev_loss, loss), prev_loss)
+        for kind, hit in (("solved", acc >= np.float32(FULL_ACCURACY)), ("full", acc >= 1.0)):
+            prev = np.asarray(getattr(state, f"first_{kind}_{split}")).astype(np.int64)
+            first = np.where(prev >= 0, prev, np.where(hit, step, -1))
+            out[f"first_{kind}_{split}_step"] = np.where(first >= 0, first, np.nan)
+        with np.errstate(invalid="ignore"):
+            drop = best_acc.astype(np.float64) - acc.astype(np.float64)
+            collapsed |= np.isfinite(out[f"first_solved_{split}_step"]) & (drop > COLLAPSE_DROP)
+        out[f"best_{split}_accuracy"] = best_acc
+        out[f"best_{split}_loss"] = best_loss
+    out["generalization_gap"] = out["best_train_accuracy"].astype(np.float64) - out["best_test_accuracy"]
+    out["generalization_delay1"] = out["first_solved_test_step"] - out["first_solved_train_step"]
+    out["generalization_delay2"] = out["first_full_test_step"] - out["first_full_train_step"]
+    out["collapsed"] = collapsed
+    nonfinite = np.asarray(state.nonfinite_step).astype(np.int64)
+    out["nonfinite_step"] = np.where(nonfinite >= 0, nonfinite, np.nan)
+    out["steps"] = step
+    return {k: out[k] for k in RECORD_COLUMNS}
+
+
+def label_collapsed(row: dict[str, Any]) -> None:
+    """A collapsed network (``row["collapsed"]``, :func:`run_record`) is never labelled Clock or
+    Pizza: its ``algorithm`` becomes ``"collapsed"`` (and ``algorithm_code`` its index in
+    :data:`~phasespace.defaults.ALGORITHMS`), in place; other rows are left as they are."""
+    if row.get("collapsed", False):
+        row["algorithm"], row["algorithm_code"] = "collapsed", ALGORITHMS.index("collapsed")
 
 
 @functools.lru_cache(maxsize=64)

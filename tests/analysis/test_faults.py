@@ -16,6 +16,7 @@ from phasespace.phase import diagram
 from phasespace.population.stack import NetworkSpec, attn_scale, build_population, unpad_params
 from phasespace.spec.networks import Recipe
 from phasespace.training.loop import train_population
+from phasespace.training.step import run_record
 
 ARCH = TransformerArch(p=7, d_model=8, n_layers=1, n_heads=2, act="relu", diff_vocab=False, eqn_sign=False)
 BASE_LRS = [1e-3, 2e-3, 1e-3, 3e-3, 1e-3, 2e-3, 1e-3]
@@ -83,6 +84,22 @@ def test_absurd_lr_network_is_frozen_and_flagged(absurd_lr_runs):
     for k in ("accuracy", "loss", "distance_irrelevance", "gradient_symmetricity"):
         assert np.isnan(m[k][2]), k
     assert "nonfinite_logits" in describe_flags(int(m["degenerate"][2]))
+
+
+def test_run_record_counts_only_steps_before_a_network_froze(absurd_lr_runs):
+    state, hist, m, _ = absurd_lr_runs["absurd"]
+    assert not np.isfinite(hist["train_loss"][2, 2])  # the step that froze it
+    for i in range(7):
+        upto = 2 if i == 2 else RECIPE.steps  # network 2: steps 0 and 1 only
+        for split in ("train", "test"):
+            acc, loss = hist[f"{split}_accuracy"][i, :upto], hist[f"{split}_loss"][i, :upto]
+            assert np.asarray(getattr(state, f"best_{split}_accuracy"))[i] == acc.max(), (i, split)
+            assert np.asarray(getattr(state, f"best_{split}_loss"))[i] == loss.min(), (i, split)
+    rec = run_record(state, m)
+    assert rec["nonfinite_step"][2] == 2.0 and np.isnan(np.delete(rec["nonfinite_step"], 2)).all()
+    assert np.isnan(m["train_accuracy"][2])  # the final metrics are NaN; the record is kept
+    assert rec["best_train_accuracy"][2] == hist["train_accuracy"][2, :2].max()
+    assert not rec["collapsed"][2]
 
 
 def test_absurd_lr_leaves_other_networks_bit_identical(absurd_lr_runs):

@@ -333,7 +333,12 @@ def _state(step, r=3):
         step=np.full(r, step, np.int32),
         first_full_train=np.full(r, -1, np.int32),
         first_full_test=np.full(r, -1, np.int32),
-        collapsed=np.zeros(r, bool),
+        first_solved_train=rng.integers(-1, step + 1, r).astype(np.int32),
+        first_solved_test=rng.integers(-1, step + 1, r).astype(np.int32),
+        best_train_accuracy=rng.uniform(size=r).astype(np.float32),
+        best_test_accuracy=rng.uniform(size=r).astype(np.float32),
+        best_train_loss=rng.uniform(size=r).astype(np.float32),
+        best_test_loss=np.r_[np.nan, rng.uniform(size=r - 1)].astype(np.float32),
         nonfinite_step=np.array([-1, step - 1, -1], np.int32),
     )
 
@@ -350,9 +355,47 @@ def _bucket_ckpt(path, **train):
 
 def _same(a, b):
     return all(
-        np.array_equal(x, y)
+        np.array_equal(x, y, equal_nan=np.asarray(x).dtype.kind == "f")
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
     )
+
+
+def test_run_record_fields_are_checkpointed(tmp_path):
+    """Every field of the state, the run record included, is saved and restored exactly."""
+    ck = _bucket_ckpt(tmp_path / BUCKET)
+    saved = _state(20)
+    ck.save(saved, _hist(20))
+    ck.close()
+    state, _ = _bucket_ckpt(tmp_path / BUCKET).restore(_state(0))
+    for name in TrainState._fields[2:]:
+        a, b = np.asarray(getattr(saved, name)), np.asarray(getattr(state, name))
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    assert (
+        np.asarray(state.best_train_accuracy).tolist() != np.asarray(_state(0).best_train_accuracy).tolist()
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_checkpoint_of_an_older_format_is_not_resumed(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "FORMAT", 1)
+    ck = _bucket_ckpt(tmp_path / BUCKET)
+    ck.save(_state(20), _hist(20))
+    ck.close()
+    monkeypatch.setattr(checkpoint, "FORMAT", 2)
+    with pytest.warns(CheckpointWarning, match=r"older phasespace \(format 1"):
+        assert _bucket_ckpt(tmp_path / BUCKET).restore(_state(0)) is None
+
+
+def test_spec_json_with_resolved_values_resumes(tmp_path):
+    """spec.json holds the resolved spec (SweepSpec.resolved); a directory written before it
+    (SweepSpec.to_dict) resumes too, and so does the new one."""
+    a = parse_spec(_raw_spec())
+    for stored in (a.to_dict(), a.resolved()):
+        store.write_json(str(tmp_path / "spec.json"), stored)
+        assert check_sweep_dir(str(tmp_path), a) is True
+    b = parse_spec({**_raw_spec(), "train": {"steps": 60, "b2": 0.99}})
+    with pytest.raises(ResumeError, match=r"train\.b2: None \(stored\) ≠ 0\.99"):
+        check_sweep_dir(str(tmp_path), b)
 
 
 def _corrupt_data(path):

@@ -12,7 +12,7 @@ import pytest
 
 from phasespace.cli import main
 from phasespace.io.checkpoint import resume_fields
-from phasespace.spec.parse import SpecError, parse_spec
+from phasespace.spec.parse import SpecError, parse_spec, spec_from_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -97,6 +97,41 @@ def test_good_spec_is_accepted_with_defaults():
         spec({"attention_rate": [0.0, 1.0]}, train={"steps": 50, "checkpoint_every": 7, "chunk_steps": 9})
     )
     assert resume_fields(s) == resume_fields(t)
+
+
+def test_resolved_spec_records_each_family_recipe_and_the_split_seed():
+    """spec.json (SweepSpec.resolved): b2 and warmup_steps of each model family, data_seed −1
+    spelled "seed"; the stored dict reads back to the same spec (same resume fields)."""
+    one = parse_spec(spec(train={"steps": 50}))
+    r = one.resolved()
+    assert r["train"]["b2"] is None and r["axes"]["data_seed"] == -1  # as given: family default
+    assert r["resolved"]["recipes"] == {
+        "transformer": {
+            "steps": 50,
+            "b1": 0.9,
+            "b2": 0.98,
+            "eps": 1e-8,
+            "warmup_steps": 10,
+            "precision": "float32",
+            "fast": True,
+        }
+    }
+    assert r["resolved"]["data_seed"] == "seed"
+    mixed = parse_spec(
+        spec({"model": ["transformer", "mlp_alpha"], "data_seed": [-1, 3]}, train={"warmup_steps": 5})
+    )
+    rec = mixed.resolved()["resolved"]
+    assert sorted(rec["recipes"]) == ["mlp_alpha", "transformer"]
+    assert (rec["recipes"]["transformer"]["b2"], rec["recipes"]["transformer"]["warmup_steps"]) == (0.98, 5)
+    assert (rec["recipes"]["mlp_alpha"]["b2"], rec["recipes"]["mlp_alpha"]["warmup_steps"]) == (0.999, 5)
+    assert rec["data_seed"] == ["seed", 3]
+    assert parse_spec(spec({"data_seed": 7})).resolved()["resolved"]["data_seed"] == 7
+    for s in (one, mixed):
+        assert resume_fields(spec_from_dict(s.resolved())) == resume_fields(s)
+        assert resume_fields(spec_from_dict(s.to_dict())) == resume_fields(s)
+    # derived, so not a table of a spec file
+    with pytest.raises(SpecError, match="unknown key 'resolved'"):
+        parse_spec({**spec(), "resolved": {}})
 
 
 def _write(tmp_path, text, name="bad.toml"):

@@ -7,7 +7,7 @@ import pytest
 from phasespace.models.transformer import TransformerArch
 from phasespace.population.stack import NetworkSpec, build_population
 from phasespace.training.loop import train_population
-from phasespace.training.step import Recipe, cross_entropy, make_optimizer
+from phasespace.training.step import Recipe, TrainState, cross_entropy, make_optimizer, run_record
 from tests.helpers.numpy_reference import cross_entropy as ce64
 
 
@@ -126,3 +126,87 @@ def test_training_reaches_full_accuracy_small_task():
     assert np.all(hist["train_accuracy"][:, -1] == 1.0)
     assert np.all(np.asarray(state.first_full_train) > 0)
     assert np.all(np.asarray(state.step) == 300)
+    # the run record tracked inside the program (across the chunk boundary at step 150) equals
+    # the one read off the per-step history
+    for i in range(2):
+        for split in ("train", "test"):
+            acc, loss = hist[f"{split}_accuracy"][i], hist[f"{split}_loss"][i]
+            assert np.asarray(getattr(state, f"best_{split}_accuracy"))[i] == acc.max(), split
+            assert np.asarray(getattr(state, f"best_{split}_loss"))[i] == loss.min(), split
+            solved, full = np.flatnonzero(acc >= np.float32(0.99)), np.flatnonzero(acc == 1.0)
+            assert np.asarray(getattr(state, f"first_solved_{split}"))[i] == (
+                solved[0] if solved.size else -1
+            )
+            assert np.asarray(getattr(state, f"first_full_{split}"))[i] == (full[0] if full.size else -1)
+    assert np.asarray(state.first_solved_train).tolist() != [-1, -1]
+
+
+def _record_state(**fields):
+    """A TrainState of 1 network with the run-record fields given (others: never / NaN)."""
+    base = dict(
+        step=40,
+        first_full_train=-1,
+        first_full_test=-1,
+        first_solved_train=-1,
+        first_solved_test=-1,
+        best_train_accuracy=np.nan,
+        best_test_accuracy=np.nan,
+        best_train_loss=np.nan,
+        best_test_loss=np.nan,
+        nonfinite_step=-1,
+    )
+    base.update(fields)
+    ints = ("step", "first_full_train", "first_full_test", "first_solved_train", "first_solved_test")
+    arrays = {
+        k: np.asarray([v], np.int32 if k in ints or k == "nonfinite_step" else np.float32)
+        for k, v in base.items()
+    }
+    return TrainState(params=None, opt_state=None, **arrays)
+
+
+def _final(train_acc, test_acc, train_loss=0.5, test_loss=1.0):
+    return {
+        "train_accuracy": np.float32([train_acc]),
+        "test_accuracy": np.float32([test_acc]),
+        "train_loss": np.float32([train_loss]),
+        "test_loss": np.float32([test_loss]),
+    }
+
+
+def test_run_record_collapse_rule_and_missing_steps():
+    """collapsed: the final train or test accuracy is more than 0.1 below its best after reaching
+    ≥ 0.99; steps that never happened are NaN; the final parameters count as step ``steps``."""
+    reached = dict(
+        first_solved_train=22, first_full_train=25, best_train_accuracy=1.0, best_test_accuracy=0.4
+    )
+    rec = run_record(_record_state(**reached), _final(0.735, 0.25))
+    assert rec["collapsed"].tolist() == [True]
+    assert rec["best_train_accuracy"][0] == 1.0 and rec["best_test_accuracy"][0] == np.float32(0.4)
+    assert rec["first_solved_train_step"][0] == 22.0 and rec["first_full_train_step"][0] == 25.0
+    assert np.isnan(rec["first_solved_test_step"][0]) and np.isnan(rec["first_full_test_step"][0])
+    assert np.isnan(rec["generalization_delay1"][0]) and np.isnan(rec["generalization_delay2"][0])
+    assert rec["generalization_gap"][0] == 1.0 - np.float64(np.float32(0.4))
+    assert np.isnan(rec["nonfinite_step"][0]) and rec["steps"][0] == 40
+    for k in ("first_solved_train_step", "first_full_test_step", "generalization_delay1", "nonfinite_step"):
+        assert rec[k].dtype == np.float64, k
+    assert rec["collapsed"].dtype == bool and rec["steps"].dtype == np.int64
+    # a drop of at most 0.1 is no collapse; a split that never reached 0.99 cannot collapse
+    assert run_record(_record_state(**reached), _final(0.95, 0.01))["collapsed"].tolist() == [False]
+    never = dict(best_train_accuracy=0.9, best_test_accuracy=0.5)
+    assert run_record(_record_state(**never), _final(0.1, 0.01))["collapsed"].tolist() == [False]
+    # the test split alone collapsing counts too
+    both = dict(first_solved_train=5, first_solved_test=30, best_train_accuracy=1.0, best_test_accuracy=0.995)
+    rec = run_record(_record_state(**both), _final(1.0, 0.5))
+    assert rec["collapsed"].tolist() == [True] and rec["generalization_delay1"][0] == 25.0
+    # reached only by the final parameters: first step = steps, best = final
+    rec = run_record(_record_state(best_train_accuracy=0.98, best_train_loss=0.2), _final(1.0, 0.2, 0.1))
+    assert rec["first_full_train_step"][0] == 40.0 and rec["first_solved_train_step"][0] == 40.0
+    assert rec["best_train_accuracy"][0] == 1.0 and rec["best_train_loss"][0] == np.float32(0.1)
+    assert rec["collapsed"].tolist() == [False]
+    # a frozen network with NaN final metrics keeps its record and its non-finite step
+    rec = run_record(
+        _record_state(nonfinite_step=2, best_train_accuracy=0.2, best_train_loss=3.0),
+        _final(np.nan, np.nan, np.nan, np.nan),
+    )
+    assert rec["best_train_accuracy"][0] == np.float32(0.2) and rec["best_train_loss"][0] == 3.0
+    assert rec["nonfinite_step"][0] == 2.0 and np.isnan(rec["best_test_loss"][0])
