@@ -286,7 +286,7 @@ def load_network(folder: str, run: str | int) -> Network:
     """
     if is_sweep_dir(folder):
         try:
-            index = int(run)
+            index = int(str(run).removeprefix("run"))  # 3 or run3 (the card's name)
         except ValueError:
             msg = f"{folder}: --run {run!r}: a sweep's networks are row indices of runs.csv"
             raise ValueError(msg) from None
@@ -572,12 +572,12 @@ def plot_fits(card: Card, path: str) -> None:
     circle's accuracy per (a − b)."""
     found = card.circles()
     s = card.scalars
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), squeeze=False, layout="constrained")
-    ax, acc_ax = axes[0]
     if not found:
+        fig, ax = plt.subplots(figsize=(14, 2.4), layout="constrained")
         _text_panel(ax, NO_CIRCLES)
-        _text_panel(acc_ax, "(no isolated circle)")
     else:
+        fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), squeeze=False, layout="constrained")
+        ax, acc_ax = axes[0]
         x = np.arange(len(found))
         width = 0.27
         series = (

@@ -123,6 +123,8 @@ def test_show_sweep_row_writes_every_png(tiny_sweep, tmp_path):
 def test_show_default_out_and_errors(tiny_sweep, reference_dir, capsys):
     assert main(["show", str(tiny_sweep), "--run", "0"]) == 0
     assert (tiny_sweep / "cards" / "run0_logits.png").stat().st_size > 5000
+    assert main(["show", str(tiny_sweep), "--run", "run2"]) == 0  # the card's name works too
+    assert (tiny_sweep / "cards" / "run2_fits.png").stat().st_size > 5000
     assert main(["show", str(tiny_sweep), "--run", "7"]) == 2
     assert "no network with index 7" in capsys.readouterr().err
     assert main(["show", reference_dir, "--run", "nosuchrun"]) == 2
