@@ -332,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.set_defaults(fn=_cmd_show)
     rep = sub.add_parser("report", help="write DIR/report.html: spec, phase tables, figures, networks, cards")
     rep.add_argument("dir", help="a finished sweep directory")
-    rep.add_argument("--no-cards", action="store_true", help="no network cards (the table only)")
+    rep.add_argument(
+        "--no-cards", action="store_true", help="draw no cards (cards already in DIR/cards are still linked)"
+    )
     rep.add_argument(
         "--rebuild-cards", action="store_true", help="redraw every card, even those newer than runs.csv"
     )

@@ -245,7 +245,83 @@ def transition_section(phase: Mapping[str, np.ndarray]) -> str:
                 rows.append(row)
         out.append(f"<h4>family {_esc(fam)}</h4>")
         out.append(_table(["d_model bin", "subset", "label", *fields], rows, "phase transition"))
+        png = transition_figure(phase, g)
+        if png is not None:
+            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            out.append(
+                f'<figure><img class="fit" alt="transition fits, family {g}" src="{uri}"><figcaption>'
+                "fraction of networks with each label per α bin (marker area ∝ count) and the "
+                "logistic fit; dashed: α*</figcaption></figure>"
+            )
     return "\n".join(out)
+
+
+def transition_figure(phase: Mapping[str, np.ndarray], g: int) -> bytes | None:
+    """PNG of the transition fits of family ``g``: per label (row) and subset (column), the
+    fraction of networks with the label per attention-rate bin (one line per width bin, marker
+    area ∝ count) and the fitted logistic curve P = 1/(1 + exp(−(intercept + slope·α))) with α*
+    marked (the midpoint for a separable bin); None without transitions or binned fractions."""
+    combos = sorted(
+        {
+            tuple(k.split("__")[1:3])
+            for k in phase
+            if k.startswith("transition__") and k.endswith("__status") and len(k.split("__")) == 4
+        }
+    )
+    combos = [c for c in combos if f"binned__{c[0]}__{c[1]}__mean" in phase]
+    if not combos:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subsets = list(dict.fromkeys(c[0] for c in combos))
+    labels = list(dict.fromkeys(c[1] for c in combos))
+    x = np.asarray(phase["coord__attention_rate_bin"], float)
+    w_lab = _bin_labels(phase, "d_model_bin")
+    grid = np.linspace(0, 1, 201)
+    fig, axes = plt.subplots(
+        len(labels), len(subsets), figsize=(5.2 * len(subsets), 2.9 * len(labels)), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for i, label in enumerate(labels):
+        for j, subset in enumerate(subsets):
+            ax = axes[i, j]
+            ax.set_title(f"{subset}: P({label})", fontsize=9)
+            if (subset, label) not in combos:
+                ax.axis("off")
+                continue
+            frac = phase[f"binned__{subset}__{label}__mean"][g]
+            count = phase[f"binned__{subset}__{label}__count"][g]
+            pre = f"transition__{subset}__{label}__"
+            for b, wl in enumerate(w_lab):
+                color = f"C{b % 10}"
+                ok = count[b] > 0
+                status = str(phase[pre + "status"][g, b])
+                a_star = float(phase[pre + "alpha_star"][g, b])
+                text = f"d {wl}: {status}" + (f", α* {a_star:.3f}" if np.isfinite(a_star) else "")
+                if np.any(ok):
+                    ax.scatter(x[ok], frac[b][ok], s=12 + 4 * count[b][ok], color=color, alpha=0.7)
+                    ax.plot(x[ok], frac[b][ok], color=color, lw=0.6, alpha=0.5)
+                b0, b1 = (float(phase[pre + f][g, b]) for f in ("intercept", "slope"))
+                if status == "fitted" and np.isfinite(b0) and np.isfinite(b1):
+                    ax.plot(grid, 1 / (1 + np.exp(-(b0 + b1 * grid))), color=color, lw=1.5, label=text)
+                else:
+                    ax.plot([], [], color=color, lw=1.5, ls=":", label=text)
+                if np.isfinite(a_star):
+                    ax.axvline(a_star, color=color, ls="--", lw=0.8)
+            ax.set_xlim(-0.03, 1.03)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel("attention rate α", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6, loc="best")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def binned_section(phase: Mapping[str, np.ndarray]) -> str:
@@ -586,7 +662,7 @@ def render_report(folder: str) -> str:
         _environment_section(sweep.environment),
         '<h2 id="s-phase">Phase tables</h2>',
         "<h3>Transition attention rate α* per width bin (logistic regression of each label on α)</h3>",
-        '<div class="scroll">' + transition_section(phase) + "</div>",
+        transition_section(phase),
         "<h3>Binned statistics: mean ± std (count) per width × attention-rate bin</h3>",
         '<div class="scroll">' + binned_section(phase) + "</div>",
         '<div class="scroll">' + grid_section(phase) + "</div>",

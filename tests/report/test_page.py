@@ -65,9 +65,10 @@ def test_report_is_self_contained_and_complete(tiny_sweep, report):
     assert "<script src" not in text
     # aggregate figures embedded as base64 PNG, one per figures/*.png
     figs = sorted(glob.glob(str(tiny_sweep / "figures" / "*.png")))
-    imgs = [a["src"] for t, a in dom.tags if t == "img"]
-    assert figs and len(imgs) == len(figs)
-    assert all(s.startswith("data:image/png;base64,") for s in imgs)
+    imgs = [a for t, a in dom.tags if t == "img"]
+    assert figs and len([a for a in imgs if a.get("class") != "fit"]) == len(figs)
+    assert len([a for a in imgs if a.get("class") == "fit"]) == 1  # the transition fits, one family
+    assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
     # spec, environment and the α* fits from phase.npz
     assert "tiny_report" in text and "environment.json" in text
     with np.load(tiny_sweep / "phase.npz") as z:
