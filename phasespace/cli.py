@@ -1,4 +1,4 @@
-"""Command line: ``phasespace run | reference | analyze | compare | bench``."""
+"""Command line: ``phasespace run | reference | analyze | compare | show | report | bench``."""
 
 from __future__ import annotations
 
@@ -231,6 +231,38 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    from phasespace.report import card
+
+    out = args.out or card.default_out_dir(args.dir)
+    c = card.compute_card(card.load_network(args.dir, args.run))
+    paths = card.write_card(c, out)
+    circles = ", ".join(
+        f"k={x['k']} (δ {x['delta']}; FVE clock {100 * x['fve_clock']:.1f}%, "
+        f"pizza {100 * x['fve_pizza']:.1f}%"
+        + (
+            f", accompanying k={x['accompanies']} {100 * x['fve_accompanying']:.1f}%"
+            if x["accompanies"]
+            else ""
+        )
+        + ")"
+        for x in c.circles()
+    )
+    print(card.header(c))
+    print(f"circles: {circles or 'none'}")
+    for p in paths.values():
+        print(f"-> {p}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from phasespace.report import page
+
+    path = page.write_report(args.dir, draw_cards=not args.no_cards, rebuild_cards=args.rebuild_cards)
+    print(f"-> {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasespace`` console script."""
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
@@ -294,6 +326,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument("--out", help="folder for alpha_star_vs_<table>.csv and compare_<table>.npz")
     cmp.add_argument("--figures", action="store_true", help="also draw both sides' phase figures into --out")
     cmp.set_defaults(fn=_cmd_compare)
+    show = sub.add_parser(
+        "show", help="draw one network's card: embedding circles, logit patterns, logit fits, curves"
+    )
+    show.add_argument("dir", help="a sweep directory, or a folder of reference checkpoints (data/reference)")
+    show.add_argument(
+        "--run", required=True, help="the network: a row index of runs.csv, or a checkpoint's run id"
+    )
+    show.add_argument(
+        "--out", help="folder for the PNGs (default DIR/cards; runs/reference/cards for checkpoints)"
+    )
+    show.set_defaults(fn=_cmd_show)
+    rep = sub.add_parser("report", help="write DIR/report.html: spec, phase tables, figures, networks, cards")
+    rep.add_argument("dir", help="a finished sweep directory")
+    rep.add_argument(
+        "--no-cards", action="store_true", help="draw no cards (cards already in DIR/cards are still linked)"
+    )
+    rep.add_argument(
+        "--rebuild-cards", action="store_true", help="redraw every card, even those newer than runs.csv"
+    )
+    rep.set_defaults(fn=_cmd_report)
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         args.args = extra  # every option after "bench" is benchmarks/bench.py's (its --help too)

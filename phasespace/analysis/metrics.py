@@ -75,8 +75,18 @@ def gradient_symmetricity(
 # Distance irrelevance (SPEC §5.2, paper Def. 4.2)
 
 
-def _sum_diff_table(values: jax.Array, p: int) -> jax.Array:
-    """Scatter per-pair values (p²,) into L[(a+b) mod p, (a−b) mod p] (a bijection for odd p)."""
+def sum_diff_table(values: jax.Array, p: int) -> jax.Array:
+    """Per-pair values re-indexed by sum and difference: the reference code's table behind
+    distance irrelevance (SPEC §5.2).
+
+    Args:
+        values: (p²,) one value per pair, pair index a·p + b (the order of
+            :func:`phasespace.tasks.all_pairs`), any float dtype.
+        p: the modulus (odd, so (a, b) → ((a + b) mod p, (a − b) mod p) is a bijection).
+
+    Returns:
+        (p, p) array L with L[(a + b) mod p, (a − b) mod p] = values[a·p + b], same dtype.
+    """
     a, b = np.divmod(np.arange(p * p), p)
     return jnp.zeros((p, p), values.dtype).at[(a + b) % p, (a - b) % p].set(values)
 
@@ -112,7 +122,7 @@ def distance_irrelevance(logits: jax.Array, p: int) -> jax.Array:
     Returns:
         float32 scalar ≥ 0 (NaN when all correct logits are equal).
     """
-    return _irrelevance(_sum_diff_table(correct_logits(logits, p), p))
+    return _irrelevance(sum_diff_table(correct_logits(logits, p), p))
 
 
 def distance_irrelevance_largest_wrong(logits: jax.Array, p: int) -> jax.Array:
@@ -121,7 +131,7 @@ def distance_irrelevance_largest_wrong(logits: jax.Array, p: int) -> jax.Array:
     The variant behind the published sweep tables' ``distance_irrelevance`` column: the same
     statistic as :func:`distance_irrelevance` with L filled by max_{c≠a+b, c<p} Q_abc.
     """
-    return _irrelevance(_sum_diff_table(largest_wrong_logits(logits, p), p))
+    return _irrelevance(sum_diff_table(largest_wrong_logits(logits, p), p))
 
 
 # --------------------------------------------------------------------------------------------- #
