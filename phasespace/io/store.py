@@ -349,8 +349,9 @@ class SweepResult:
                 continue
             if name.startswith("edges__"):
                 data[name] = ((f"{name[len('edges__') :]}_edge",), arr)
-            elif arr.ndim == 0 and arr.dtype.kind in "US":
-                attrs[name] = str(arr)  # e.g. the binning options (JSON)
+            elif arr.dtype.kind in "US" and (arr.ndim == 0 or name == "family_axes"):
+                # e.g. the binning options (JSON), the columns that define a family
+                attrs[name] = str(arr) if arr.ndim == 0 else [str(x) for x in arr]
             else:
                 _, dims, _ = self.metric(name)
                 data[name] = (tuple(dims), arr)

@@ -497,7 +497,7 @@ def phase_arrays(
         * families (G of them): ``coord__family`` (G,) str labels (``"model=transformer p=23
           n_layers=1 act=relu diff_vocab=false eqn_sign=false"``), ``family__<column>`` (G,) the
           value of each grouping column, ``family_axes`` the grouping columns, and
-          ``family__networks`` (G,) networks per family;
+          ``family__networks`` (G,) networks per family (dims ``dims__family``);
         * ``coord__d_model_bin``, ``edges__d_model_bin`` (n_w,), (n_w + 1,); the same for
           ``attention_rate_bin`` (n_a,); the bins are shared by every family;
         * ``binned__<subset>__<metric>__<stat>`` (G, n_w, n_a), dims ``("family",
@@ -539,6 +539,7 @@ def phase_arrays(
         f"coord__{FAMILY_DIM}": families["label"],
         "family_axes": families["axes"],
         "family__networks": np.bincount(fam, minlength=n_fam).astype(np.int64),
+        "dims__family": np.asarray(["family"]),
         f"coord__{BIN_DIMS[0]}": w_coord,
         f"edges__{BIN_DIMS[0]}": w_edges,
         f"coord__{BIN_DIMS[1]}": a_coord,

@@ -4,10 +4,11 @@ bucket, and the expansion of a validated spec into its networks (deterministic, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from phasespace.defaults import PAPER_STEPS, PRECISIONS, RECIPE_DEFAULTS
+from phasespace.defaults import ATTENTION_FAMILIES, PAPER_STEPS, PRECISIONS, RECIPE_DEFAULTS
 
 STATIC_AXES = ("model", "p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
 """Axes that change the compiled program: networks differing in them go to different buckets."""
@@ -81,6 +82,16 @@ class Network:
             weight_decay=float(v["weight_decay"]),
             train_fraction=float(v["train_fraction"]),
         )
+
+    def row_values(self) -> dict[str, Any]:
+        """The network's axis values as the runs table records them: ``data_seed`` resolved to
+        the split seed actually used (−1 means the network's seed), ``attention_rate`` NaN for
+        a family without attention (:data:`phasespace.defaults.ATTENTION_FAMILIES`)."""
+        row = dict(self.values)
+        row["data_seed"] = self.spec().split_seed
+        if row["model"] not in ATTENTION_FAMILIES:
+            row["attention_rate"] = math.nan
+        return row
 
     def static_key(self) -> tuple[Any, ...]:
         return tuple(self.values[k] for k in STATIC_AXES)

@@ -223,7 +223,7 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
     if spec is not None:
         for net in expand(spec):
             if net.index in pos:
-                rows[pos[net.index]].update(net.values)
+                rows[pos[net.index]].update(net.row_values())
     for path in files:
         b = load_bucket_params(path)
         scalars, arrays = analyze_full(b.arch, b.params, b.hparams, opts)

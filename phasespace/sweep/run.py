@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from phasespace import hooks
 from phasespace.analysis.circuits import analyze_full
 from phasespace.analysis.tracking import MetricsRecorder, aligned_chunk
-from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.checkpoint import BucketCheckpoint, LoggedHistory, check_sweep_dir, exclusive_sweep_dir
 from phasespace.io.params import save_bucket_params
@@ -270,10 +269,8 @@ def bucket_rows(
     record = run_record(host, scalars)
     rows = []
     for i, net in enumerate(run.bucket.networks):
-        row: dict[str, Any] = {"index": net.index, "bucket": run.bucket.key, **net.values}
-        row["attention_rate"] = row["attention_rate"] if row["model"] in ATTENTION_FAMILIES else np.nan
+        row: dict[str, Any] = {"index": net.index, "bucket": run.bucket.key, **net.row_values()}
         row.update(metric_values(scalars, arrays, i))
-        row["data_seed"] = net.spec().split_seed  # resolved: an axis value of −1 means the seed
         row.update({k: v[i] for k, v in record.items()})
         label_collapsed(row)  # a collapsed network is never labelled Clock or Pizza
         row["precision"] = precision

@@ -261,7 +261,7 @@ def test_pandas_and_xarray_views(tiny_sweep, monkeypatch):
         gs.values.ravel().astype(np.float32), r.runs["gradient_symmetricity"].astype(np.float32)
     )
     assert ds["gradient_symmetricity__mean"].dims == ("attention_rate",)
-    assert ds["binned__all__circular__mean"].dims == ("d_model_bin", "attention_rate_bin")
+    assert ds["binned__all__circular__mean"].dims == ("family", "d_model_bin", "attention_rate_bin")
     assert '"alpha_bins"' in ds.attrs["options"]
     for mod, extra in (("pandas", "pandas"), ("xarray", "xarray")):
         monkeypatch.setitem(sys.modules, mod, None)

@@ -304,6 +304,7 @@ def test_balanced_sweep_writes_runs_csv_and_phase_npz(tmp_path):
     """c19's failure, without training: the rows of a sweep whose labels are balanced on a 2-point
     α grid; write_results must write every file with α* NaN and the status by name."""
     from phasespace.io.store import load_sweep
+    from phasespace.io.table import column_dtype
     from phasespace.sweep.derived import runs_columns, write_results
 
     spec = load_spec(_case("c19_balanced.toml"))
@@ -323,9 +324,14 @@ def test_balanced_sweep_writes_runs_csv_and_phase_npz(tmp_path):
             first_full_test_step=100,
         )
         rows.append(v)
+    columns = runs_columns(spec)
+    missing = {"int64": 0, "float64": np.nan, "bool": False, "str": ""}
+    for r in rows:  # every other column: a value of its type (the writer refuses a typeless cell)
+        for c in columns:
+            r.setdefault(c, missing[column_dtype(c)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing fails, so nothing warns
-        write_results(str(tmp_path), rows, runs_columns(spec), spec)
+        write_results(str(tmp_path), rows, columns, spec)
     r = load_sweep(str(tmp_path))
     assert len(r.runs["index"]) == 4
     for subset in ("all", "circular"):
