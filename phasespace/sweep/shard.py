@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from phasespace.io import store
-from phasespace.io.checkpoint import BucketCheckpoint, check_sweep_dir, sweep_lock
+from phasespace.io.checkpoint import BucketCheckpoint, check_sweep_dir, resume_fields, sweep_lock
 from phasespace.io.params import PARAMS_DIR, list_bucket_params, load_bucket_params, save_bucket_params
 from phasespace.models.registry import arch_to_dict, family, make_arch
 from phasespace.population.buckets import plan_buckets
@@ -45,6 +45,9 @@ SHARD_KEY = "shard"
 """Key of the shard record in a shard directory's ``spec.json``."""
 MERGE_FILE = "merge.json"
 """The record of a merge (its sources, and the network indices missing from a partial merge)."""
+EXECUTION_FIELDS = ("train.group_size", "train.memory_limit")
+"""Fields of :func:`~phasespace.io.checkpoint.resume_fields` that only say how a machine executes
+the sweep: shards of one sweep may differ in them (each machine its own memory)."""
 BALANCE = "greedy-flops-1"
 """Name of the assignment rule of :func:`assign_shards` (recorded; a change of rule is a change of
 shard, so a resume under another rule is refused)."""
@@ -151,6 +154,14 @@ def slurm_shard(environ: Mapping[str, str]) -> Shard:
 # Balancing
 
 
+def sweep_fingerprint(spec: SweepSpec) -> str:
+    """The identity of a sweep for sharding: canonical JSON of its result-changing fields
+    (:func:`~phasespace.io.checkpoint.resume_fields`, dotted names, without
+    :data:`EXECUTION_FIELDS`). Shards merge only if their fingerprints are equal."""
+    fields = {k: v for k, v in resume_fields(spec).items() if k not in EXECUTION_FIELDS}
+    return json.dumps(fields, sort_keys=True)
+
+
 def network_flops(spec: SweepSpec, net: Network) -> int:
     """The FLOPs of training one network: :func:`~phasespace.population.flops.step_flops` of its
     architecture at its true width (the computation its recipe uses) × its recipe's steps."""
@@ -198,7 +209,7 @@ class ShardSpec(SweepSpec):
     """A sweep spec restricted to one shard: ``shard`` is the record written into ``spec.json``
     (``index``, ``count``, ``networks`` (the selected global indices, ascending),
     ``sweep_networks``, ``flops``, ``balance`` and ``fingerprint``, the whole sweep's
-    :meth:`SweepSpec.fingerprint`). The record is part of :meth:`to_dict`, so resuming a shard
+    :func:`sweep_fingerprint`). The record is part of :meth:`to_dict`, so resuming a shard
     directory with another shard, or with the whole sweep, is refused naming the field."""
 
     shard: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -239,7 +250,7 @@ def shard_spec(spec: SweepSpec, shard: Shard) -> tuple[ShardSpec, list[Network]]
         "sweep_networks": len(networks),
         "flops": sum(network_flops(spec, n) for n in mine),
         "balance": BALANCE,
-        "fingerprint": spec.fingerprint(),
+        "fingerprint": sweep_fingerprint(spec),
     }
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(SweepSpec)}
     return ShardSpec(**fields, shard=record), mine
@@ -296,16 +307,6 @@ class _Part:
         return f"{self.path} (shard {self.spec.label})"
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _indices(idx: Sequence[int], limit: int = 20) -> str:
     idx = sorted(idx)
     text = ", ".join(str(i) for i in idx[:limit])
@@ -334,7 +335,7 @@ def _read_part(path: str) -> _Part:
             "written by phasespace run --shard I/N)"
         )
     sweep = spec.sweep
-    if record.get("fingerprint") != sweep.fingerprint():
+    if record.get("fingerprint") != sweep_fingerprint(sweep):
         raise ShardError(f"merge: {path}: the shard record of its spec.json does not match its spec")
     networks = expand(sweep)
     claimed = [int(i) for i in record["networks"]]
@@ -368,8 +369,8 @@ def _check_same_sweep(parts: Sequence[_Part]) -> None:
     ref = parts[0]
     for p in parts[1:]:
         if p.spec.shard["fingerprint"] != ref.spec.shard["fingerprint"]:
-            a = _flatten(json.loads(ref.spec.shard["fingerprint"]))
-            b = _flatten(json.loads(p.spec.shard["fingerprint"]))
+            a = json.loads(ref.spec.shard["fingerprint"])
+            b = json.loads(p.spec.shard["fingerprint"])
             diff = [
                 f"{k}: {a.get(k, '(absent)')!r} ≠ {b.get(k, '(absent)')!r}"
                 for k in sorted(set(a) | set(b))
@@ -379,12 +380,6 @@ def _check_same_sweep(parts: Sequence[_Part]) -> None:
                 f"merge: {p.name} is a shard of another spec than {ref.name}: "
                 + "; ".join(diff[:5])
                 + (f"; … ({len(diff) - 5} more)" if len(diff) > 5 else "")
-            )
-        le_a, le_b = ref.spec.train["log_every"], p.spec.train["log_every"]
-        if le_a != le_b:
-            raise ShardError(
-                f"merge: {p.name} logged its training curves every {le_b} steps, {ref.name} every "
-                f"{le_a} (train.log_every); history.npz needs one"
             )
 
 
@@ -475,8 +470,8 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str, allow_partial: bool = 
     """Merge shard directories of one sweep into the sweep directory ``out_dir``.
 
     Checks, before writing anything: each directory is a shard (``spec.json`` with a shard
-    record); all come from the same spec (same sweep fingerprint, naming the differing fields
-    otherwise) and the same ``train.log_every``; no network is in two of them (naming the
+    record); all come from the same spec (same :func:`sweep_fingerprint`, naming the differing
+    fields otherwise); no network is in two of them (naming the
     indices and directories); every network of the sweep has a finished result (naming the
     missing indices, the shards not given and the unfinished ones), unless ``allow_partial``.
 

@@ -22,6 +22,7 @@ from phasespace.sweep.shard import (
     read_stored_spec,
     shard_spec,
     slurm_shard,
+    sweep_fingerprint,
 )
 
 FOUR = {
@@ -164,6 +165,26 @@ def test_flops_scale_with_width_and_steps():
     assert network_flops(longer, small) == 3 * network_flops(spec, small)
 
 
+def test_sweep_fingerprint():
+    """Shards of one sweep may differ in name, chunking, checkpointing, memory and phase binning
+    (how and where they run), never in what they compute."""
+    fp = sweep_fingerprint(parse_spec(FOUR))
+    same = {
+        **FOUR,
+        "name": "other",
+        "train": {**FOUR["train"], "chunk_steps": 7, "checkpoint_every": 3, "memory_limit": "1GiB"},
+        "phase": {"alpha_bins": 4},
+    }
+    assert sweep_fingerprint(parse_spec(same)) == fp
+    for changed in (
+        {**FOUR, "axes": {**FOUR["axes"], "lr": 3e-3}},
+        {**FOUR, "train": {**FOUR["train"], "log_every": 7}},
+        {**FOUR, "train": {**FOUR["train"], "steps": 101}},
+        {**FOUR, "analysis": {"n_triples": 10}},
+    ):
+        assert sweep_fingerprint(parse_spec(changed)) != fp
+
+
 def test_too_many_shards_refused():
     with pytest.raises(ShardError, match="the sweep has 4 networks, fewer than 5 shards"):
         shard_spec(parse_spec(FOUR), Shard(0, 5))
@@ -174,9 +195,9 @@ def test_shard_record_and_resume_refusals(tmp_path):
     s1, nets = shard_spec(spec, Shard(1, 2))
     record = s1.to_dict()["shard"]
     assert record["index"] == 1 and record["count"] == 2 and record["networks"] == [1, 3]
-    assert record["fingerprint"] == spec.fingerprint() and record["sweep_networks"] == 4
+    assert record["fingerprint"] == sweep_fingerprint(spec) and record["sweep_networks"] == 4
     assert record["flops"] == sum(network_flops(spec, n) for n in nets)
-    assert s1.sweep == spec and s1.fingerprint() != spec.fingerprint()
+    assert s1.sweep == spec
     d = tmp_path / "s1"
     d.mkdir()
     store.write_json(str(d / "spec.json"), s1.to_dict())
