@@ -1,4 +1,4 @@
-"""Command line: ``phasespace run | reference | analyze | compare | show | report | bench``."""
+"""Command line: ``phasespace run | merge | reference | analyze | compare | show | report | bench``."""
 
 from __future__ import annotations
 
@@ -25,11 +25,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from phasespace.spec.parse import load_spec
 
     spec = load_spec(args.spec)  # validated before any compute
+    networks = out = None
+    if args.shard is not None:  # one part of the sweep (phasespace.sweep.shard), checked before any compute
+        from phasespace.sweep.shard import default_shard_dir, parse_shard, shard_spec
+
+        shard = parse_shard(args.shard)
+        out = args.out or default_shard_dir(spec, shard)
+        spec, networks = shard_spec(spec, shard)
     _start_devices(args)
     from phasespace.sweep.run import default_out_dir, run_sweep
 
-    out = args.out or default_out_dir(spec)
-    result = run_sweep(spec, out, spec_path=args.spec, progress=not args.quiet)
+    out = args.out or out or default_out_dir(spec)
+    result = run_sweep(spec, out, spec_path=args.spec, progress=not args.quiet, networks=networks)
     if result is None:
         return 0
     runs = result.runs
@@ -64,6 +71,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{np.nanmean(runs['distance_irrelevance_largest_wrong'][sel]):9.4f} "
             f"{np.mean(runs['circular'][sel]):8.2f}"
         )
+    _print_phase(result)
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from phasespace.sweep.shard import merge_shards
+
+    result = merge_shards(args.dirs, args.out, allow_partial=args.allow_partial)
+    missing = result.environment.get("missing_networks") or []
+    print(
+        f"{len(result.runs['index'])} networks from {len(args.dirs)} shards -> {args.out}"
+        + (f" (partial: {len(missing)} networks missing, listed in merge.json)" if missing else "")
+    )
     _print_phase(result)
     return 0
 
@@ -271,8 +291,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/quick.toml")
     run.add_argument("--out", help="sweep directory (default runs/<name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--shard",
+        metavar="I/N|auto",
+        help="train only shard I of N (0 ≤ I < N; FLOP-balanced, deterministic from the spec; default "
+        "--out runs/<name>/shard_I); 'auto': from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT",
+    )
     _device_options(run)
     run.set_defaults(fn=_cmd_run)
+    merge = sub.add_parser("merge", help="merge the shard directories of one sweep into one sweep directory")
+    merge.add_argument("dirs", nargs="+", metavar="DIR", help="shard directories (phasespace run --shard)")
+    merge.add_argument("--out", required=True, help="the merged sweep directory")
+    merge.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="merge even if networks are missing (their indices are recorded in merge.json)",
+    )
+    merge.set_defaults(fn=_cmd_merge)
     bench = sub.add_parser(
         "bench",
         help="measure throughput (same as python benchmarks/bench.py; every option after it is bench's)",

@@ -182,6 +182,7 @@ def stored_spec(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> Sw
         return None
     with open(path) as f:
         raw = json.load(f)
+    raw.pop("shard", None)  # a shard's record (phasespace.sweep.shard)
     raw["analysis"] = {**raw.get("analysis", {}), **(analysis or {})}
     return spec_from_dict(raw)
 

@@ -8,7 +8,7 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -27,7 +27,7 @@ from phasespace.models.registry import family
 from phasespace.population.buckets import Bucket, padding_report, plan_buckets
 from phasespace.population.stack import Population, build_population
 from phasespace.spec.expand import expand
-from phasespace.spec.networks import Recipe
+from phasespace.spec.networks import Network, Recipe
 from phasespace.spec.parse import SweepSpec, parse_bytes
 from phasespace.sweep.derived import METRICS_HISTORY_FILE, metric_values, runs_columns, write_results
 from phasespace.training import placement
@@ -294,7 +294,11 @@ def record_result(run: BucketTraining, rows: list[dict[str, Any]]) -> dict[str, 
 
 @exclusive_sweep_dir
 def run_sweep(
-    spec: SweepSpec, out_dir: str, spec_path: str | None = None, progress: bool = True
+    spec: SweepSpec,
+    out_dir: str,
+    spec_path: str | None = None,
+    progress: bool = True,
+    networks: Sequence[Network] | None = None,
 ) -> store.SweepResult | None:
     """Run a whole sweep and write its directory (see :mod:`phasespace.io.store`), stage after
     stage: resume (the directory) → train and analyse (each bucket, :func:`train_bucket`) →
@@ -309,6 +313,8 @@ def run_sweep(
         out_dir: the sweep directory (created).
         spec_path: the TOML file the spec came from (copied as ``spec.toml``).
         progress: show a progress bar with ETA per bucket.
+        networks: the networks to train, a part of ``expand(spec)`` (a shard,
+            :mod:`phasespace.sweep.shard`, whose spec records the selection); default all of them.
 
     In a multi-process (``jax.distributed``) run every process calls this with the same spec and
     trains its shard of every bucket; process 0 alone writes ``out_dir`` (one table). Such a run
@@ -322,7 +328,7 @@ def run_sweep(
         phasespace.io.checkpoint.ResumeError: before any compute, if ``out_dir`` holds a sweep of a
             different spec (naming the differing fields) or another run is writing it.
     """
-    networks = expand(spec)
+    networks = expand(spec) if networks is None else sorted(networks, key=lambda n: n.index)
     buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
     main = placement.is_main_process()
     multi = jax.process_count() > 1
@@ -384,6 +390,7 @@ def train_buckets(
     rows: list[dict[str, Any]] = []
     histories: list[tuple[list[int], dict[str, Any]]] = []
     layouts: dict[str, Any] = {}
+    position = {i: k for k, i in enumerate(sorted(n.index for b in buckets for n in b.networks))}  # row
     for b in buckets:
         r, h = train_bucket(
             b,
@@ -395,7 +402,7 @@ def train_buckets(
             layouts=layouts,
         )
         rows.extend(r)
-        histories.append(([n.index for n in b.networks], h))
+        histories.append(([position[n.index] for n in b.networks], h))
     rows.sort(key=lambda r: r["index"])
     return TrainedBuckets(rows, histories, layouts, trained[0], time.perf_counter() - t0)
 
