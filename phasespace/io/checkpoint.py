@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from phasespace.defaults import THRESHOLDS
 from phasespace.io import store
@@ -311,8 +312,14 @@ class BucketCheckpoint:
         self.fields = resume_fields(spec)
         self.every = int(spec.train["checkpoint_every"])
         self.steps = int(spec.recipe.steps)
+        self.log_every = int(spec.train["log_every"])
         self.last_saved = -1
+        self.resumed_from: dict[str, Any] | None = None
         self._mgr: ocp.CheckpointManager | None = None
+        self.multi = jax.process_count() > 1
+        self.writer = jax.process_index() == 0
+        """In a multi-process run every process holds the full host state after each chunk;
+        process 0 alone reads and writes the checkpoints and broadcasts what it read."""
 
     # -- orbax ------------------------------------------------------------------------------- #
 
@@ -323,7 +330,13 @@ class BucketCheckpoint:
                 preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_CHECKPOINTS),
                 cleanup_tmp_directories=True,
                 enable_async_checkpointing=True,
+                create=False,  # made below (orbax refuses to with active_processes)
+                # process 0 alone: the other processes never touch the directory
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=0, active_processes={0} if self.multi else None
+                ),
             )
+            os.makedirs(self.directory, exist_ok=True)
             self._mgr = ocp.CheckpointManager(
                 self.directory, options=options, item_names=("state", "history", "meta")
             )
@@ -361,8 +374,11 @@ class BucketCheckpoint:
         Returns:
             The step saved.
         """
-        leaves = [np.array(x) for x in jax.tree_util.tree_leaves(state)]
         step = int(np.asarray(state.step).reshape(-1)[0])
+        if not self.writer:
+            self.last_saved = step
+            return step
+        leaves = [np.array(x) for x in jax.tree_util.tree_leaves(state)]
         arrays = {f"{i:04d}": a for i, a in enumerate(leaves)}
         hist = {k: np.array(v) for k, v in history.items()}
         meta = {
@@ -377,6 +393,8 @@ class BucketCheckpoint:
             ],
             "crc32": _checksums({"state": arrays, "history": hist}),
             "backend": jax.default_backend(),
+            "process_count": jax.process_count(),
+            "device_count": jax.device_count(),
             "saved_at": time.time(),
         }
         self.manager.save(
@@ -394,7 +412,9 @@ class BucketCheckpoint:
     # -- restoring --------------------------------------------------------------------------- #
 
     def restore(self, template: TrainState) -> tuple[TrainState, dict[str, np.ndarray]] | None:
-        """The latest complete checkpoint, checked against ``template``.
+        """The latest complete checkpoint, checked against ``template``; in a multi-process run
+        process 0 reads it and broadcasts it to every process (saved with another process or
+        device count, it is used all the same and :attr:`resumed_from` records the change).
 
         Checkpoints are tried newest first; one that fails to restore, whose checksum, leaves,
         shapes or dtypes do not match, is moved to ``_corrupt/`` with a
@@ -410,6 +430,37 @@ class BucketCheckpoint:
         Raises:
             ResumeError: if a checkpoint was made with a different spec or bucket.
         """
+        if not self.multi:
+            return self._restore(template)
+        got, error = None, None
+        if self.writer:
+            try:
+                got = self._restore(template)
+            except Exception as e:  # told to the other processes, which would wait forever
+                error = e
+        flag = -2 if error is not None else (-1 if got is None else int(np.asarray(got[0].step)[0]))
+        flag = int(multihost_utils.broadcast_one_to_all(np.int64(flag)))
+        if flag == -2:
+            raise error or ResumeError(
+                f"{self.directory}: process 0 refused to resume this bucket (see its message)"
+            )
+        if flag == -1:
+            return None
+        if got is None:  # the shapes to receive into
+            t_leaves, treedef = jax.tree_util.tree_flatten(template)
+            state = jax.tree_util.tree_unflatten(treedef, [np.zeros(t.shape, t.dtype) for t in t_leaves])
+            n_before = int(np.sum(logged_steps(self.steps, self.log_every) < flag))
+            r = t_leaves[0].shape[0]
+            hist = {k: np.zeros((r, n_before), np.float32) for k in HISTORY_FIELDS}
+            hist["step"] = np.zeros(n_before, np.int64)
+            got = (state, hist)
+        state, hist = multihost_utils.broadcast_one_to_all(got)
+        state = jax.tree_util.tree_map(np.asarray, state)
+        hist = {k: np.asarray(v) for k, v in hist.items()}
+        self.last_saved = flag
+        return state, hist
+
+    def _restore(self, template: TrainState) -> tuple[TrainState, dict[str, np.ndarray]] | None:
         names = _leaf_names(template)
         t_leaves, treedef = jax.tree_util.tree_flatten(template)
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -449,6 +500,18 @@ class BucketCheckpoint:
                         f"{where}: saved on backend {meta.get('backend')!r}, resumed on "
                         f"{jax.default_backend()!r}; the results will not be bit-identical to an "
                         "uninterrupted run",
+                        CheckpointWarning,
+                        stacklevel=2,
+                    )
+                counts = {k: meta.get(k) for k in ("process_count", "device_count")}
+                now = {"process_count": jax.process_count(), "device_count": jax.device_count()}
+                if counts != now:
+                    self.resumed_from = {"step": step, **counts}
+                    warnings.warn(
+                        f"{where}: saved by {counts['process_count']} process(es) with "
+                        f"{counts['device_count']} device(s), resumed by {now['process_count']} with "
+                        f"{now['device_count']}; recorded in environment.json (results agree to "
+                        "float32 rounding)",
                         CheckpointWarning,
                         stacklevel=2,
                     )
@@ -501,8 +564,11 @@ class BucketCheckpoint:
         return os.path.join(self.directory, "result.json")
 
     def save_result(self, rows: Sequence[Mapping[str, Any]], history: Mapping[str, np.ndarray]) -> None:
-        """Record the finished bucket (its runs-table rows and logged history), atomically."""
+        """Record the finished bucket (its runs-table rows and logged history), atomically
+        (process 0 alone)."""
         self.close()
+        if not self.writer:
+            return
         store.write_json(
             self.result_path,
             {
@@ -520,9 +586,28 @@ class BucketCheckpoint:
         is ignored with a :class:`CheckpointWarning`; the bucket is then re-analysed from its
         final checkpoint).
 
+        In a multi-process run process 0 reads it; the others get ``([], {})`` when it is
+        finished (process 0 alone writes the results).
+
         Raises:
             ResumeError: if the record was made with a different spec or bucket.
         """
+        if not self.multi:
+            return self._load_result()
+        got, error = None, None
+        if self.writer:
+            try:
+                got = self._load_result()
+            except Exception as e:  # told to the other processes, which would wait forever
+                error = e
+        flag = int(multihost_utils.broadcast_one_to_all(np.int64(-2 if error else (got is not None))))
+        if flag == -2:
+            raise error or ResumeError(f"{self.result_path}: process 0 refused it (see its message)")
+        if not flag:
+            return None
+        return got if got is not None else ([], {})
+
+    def _load_result(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
         if not os.path.exists(self.result_path):
             return None
         try:

@@ -140,6 +140,8 @@ def train_bucket(
     run = resume_bucket(bucket, spec, ckpt, progress)
     if layouts is not None:
         layouts[bucket.key] = run.plan.describe()
+        if ckpt is not None and ckpt.resumed_from is not None:  # another process or device count
+            layouts[bucket.key]["resumed_from"] = ckpt.resumed_from
     state = train_stage(run, progress, on_chunk)
     # The analysis runs on one device from host copies (an XLA-partitioned analysis over several
     # CPU devices can deadlock in their collectives; it costs a few training steps' worth).
@@ -233,7 +235,7 @@ def train_stage(
         if recorder is not None:
             recorder.on_chunk(state._replace(params=placement.tree_to_host(state.params)), h)
         if ckpt is not None and ckpt.due(log.done):
-            if recorder is not None:  # written before the state: a restore keeps steps ≤ its own
+            if recorder is not None and ckpt.writer:  # before the state: a restore keeps steps ≤ its own
                 store.write_npz(os.path.join(ckpt.directory, METRICS_HISTORY_FILE), recorder.result())
             ckpt.save(state, log.arrays())
         if on_chunk is not None:
@@ -284,7 +286,7 @@ def record_result(run: BucketTraining, rows: list[dict[str, Any]]) -> dict[str, 
     its rows in its checkpoint directory so that a resume skips it."""
     history: dict[str, Any] = dict(run.log.arrays())
     if run.ckpt is not None:
-        if run.recorder is not None:
+        if run.recorder is not None and run.ckpt.writer:
             store.write_npz(os.path.join(run.ckpt.directory, METRICS_HISTORY_FILE), run.recorder.result())
         run.ckpt.save_result(rows, history)
     if run.recorder is not None:
@@ -317,8 +319,10 @@ def run_sweep(
             :mod:`phasespace.sweep.shard`, whose spec records the selection); default all of them.
 
     In a multi-process (``jax.distributed``) run every process calls this with the same spec and
-    trains its shard of every bucket; process 0 alone writes ``out_dir`` (one table). Such a run
-    keeps no checkpoints (it is not resumable).
+    trains its shard of every bucket; process 0 alone writes ``out_dir`` (one table) and the
+    checkpoints, and broadcasts them on a resume: after every process was killed, the same
+    command on every host resumes from the last complete checkpoint (with another process or
+    device count too, recorded as ``resumed_from`` in the bucket's layout in ``environment.json``).
 
     Returns:
         The written sweep, loaded back (:func:`phasespace.io.store.load_sweep`); None on a process
@@ -337,7 +341,7 @@ def run_sweep(
     env["padding"] = padding_report(buckets)
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
-    checkpoint_dir = None if multi else os.path.join(out_dir, "checkpoints")
+    checkpoint_dir = os.path.join(out_dir, "checkpoints")
     trained = train_buckets(buckets, spec, out_dir, checkpoint_dir, progress)
     if main:
         write_results(out_dir, trained.rows, runs_columns(spec), spec, trained.histories)

@@ -1,6 +1,7 @@
 """Run ``phasespace run`` in this process and SIGKILL it at a chosen point (for tests/e2e/test_resume.py).
 
-Usage: ``python tests/helpers/kill_driver.py KILL SPEC OUT`` where KILL is one of
+Usage: ``python tests/helpers/kill_driver.py KILL SPEC OUT [RUN OPTIONS...]`` (options of
+``phasespace run``, e.g. ``--coordinator`` …) where KILL is one of
 
 * ``none``: run to completion;
 * ``chunk:<step>``: right after the chunk that ends at <step> (after its checkpoint, if one is
@@ -81,4 +82,4 @@ if __name__ == "__main__":
     install(kill)
     from phasespace.cli import main
 
-    sys.exit(main(["run", spec, "--out", out, "--quiet"]))
+    sys.exit(main(["run", spec, "--out", out, "--quiet", *sys.argv[4:]]))
