@@ -177,10 +177,12 @@ def check_sweep_dir(out_dir: str, spec: SweepSpec) -> bool:
 @contextlib.contextmanager
 def sweep_lock(out_dir: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<out_dir>/.phasespace.lock`` (released on exit or kill).
+    A directory this call created and left holding only the lock is removed on exit.
 
     Raises:
         ResumeError: if another process holds it (naming its pid).
     """
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, ".phasespace.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -196,6 +198,12 @@ def sweep_lock(out_dir: str) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        if created and os.listdir(out_dir) == [os.path.basename(path)]:
+            # a run refused before writing anything leaves no directory behind (the corrected
+            # spec then starts afresh on the same --out)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                os.rmdir(out_dir)
         os.close(fd)
 
 

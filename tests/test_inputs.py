@@ -1,0 +1,276 @@
+"""Bad inputs get a clear error, never a traceback, and nothing is lost (issues 10 and 11): the
+smallest meaningful modulus, input layouts of the metrics, sweep names, empty specs, sizes that
+cannot fit, and refused runs that claim no directory."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phasespace.analysis import circles, metrics
+from phasespace.cli import main
+from phasespace.defaults import MIN_P
+from phasespace.spec.parse import SpecError, load_spec, parse_spec
+from phasespace.tasks import Task, all_pairs
+
+CASES = "/work/shared/cases"
+
+
+def _spec(**axes):
+    return {"axes": {"p": 7, "d_model": 8, "n_heads": 2, **axes}, "train": {"steps": 4, "log_every": 2}}
+
+
+# --------------------------------------------------------------------------------------------- #
+# 1. The smallest modulus whose circuit metrics mean something
+
+
+def test_circularity_is_constant_below_the_minimum_modulus_and_not_at_it():
+    # the reason behind MIN_P: p = 3 centred embeddings span 2 dimensions, so circularity is 2/3
+    # whatever the network; from p = 5 on it depends on the embedding
+    rng = np.random.default_rng(0)
+    for p, constant in ((3, True), (MIN_P, False)):
+        values = [float(metrics.circularity(rng.normal(size=(p, 16)).astype(np.float32))) for _ in range(20)]
+        assert bool(np.ptp(values) < 1e-5) is constant, (p, values)
+    assert abs(values[0] - 2 / 3) > 1e-3
+    assert MIN_P == 5
+
+
+@pytest.mark.parametrize("p", [3, [3, 7]])
+def test_a_modulus_below_five_is_refused_with_the_reason(p):
+    with pytest.raises(SpecError) as e:
+        parse_spec(_spec(p=p))
+    msg = str(e.value)
+    for fragment in ("axes.p", "=3", "prime ≥ 5", "4 principal components", "p − 1 dimensions"):
+        assert fragment in msg, msg
+    parse_spec(_spec(p=5))  # the smallest accepted
+
+
+def test_the_p3_case_file_is_refused(tmp_path, capsys):
+    path = os.path.join(CASES, "c20_p3.toml")
+    if not os.path.exists(path):
+        pytest.skip("no shared cases")
+    out = tmp_path / "out"
+    assert main(["run", path, "--out", str(out), "--quiet"]) == 2
+    assert "axes.p=3: the modulus p must be a prime ≥ 5" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- #
+# 2. Input layouts of the metrics
+
+
+def _logits(p, v=None):
+    v = v or p
+    return np.random.default_rng(p).normal(size=(p * p, v)).astype(np.float32)
+
+
+LOGIT_FUNCTIONS = [
+    metrics.distance_irrelevance,
+    metrics.distance_irrelevance_largest_wrong,
+    metrics.correct_logits,
+    metrics.largest_wrong_logits,
+]
+
+
+@pytest.mark.parametrize("fn", LOGIT_FUNCTIONS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
+def test_logit_metrics_refuse_a_wrong_layout(fn, xp):
+    p = 7
+    good = xp.asarray(_logits(p))
+    fn(good, p)  # the right layout is accepted
+    bad = {
+        "transposed": good.T,  # (V, p²)
+        "other p": xp.asarray(_logits(5)),  # a table for p = 5
+        "grid": good.reshape(p, p, p),  # (p, p, V)
+        "too few classes": good[:, : p - 1],
+        "batched": xp.stack([good, good]),  # (R, p², V): vmap over the run axis instead
+    }
+    for what, x in bad.items():
+        with pytest.raises(ValueError, match=r"expected \(p², V\) = \(49, V ≥ 7\)") as e:
+            fn(x, p)
+        assert str(tuple(x.shape)) in str(e.value), what
+
+
+@pytest.mark.parametrize("fn", LOGIT_FUNCTIONS, ids=lambda f: f.__name__)
+def test_logit_layout_is_checked_under_jit_and_vmap(fn):
+    p = 5
+    stack = jnp.asarray(np.stack([_logits(p), _logits(p) + 1]))
+    got = jax.jit(jax.vmap(lambda x: fn(x, p)))(stack)  # per network (p², V): accepted
+    assert got.shape[0] == 2
+    with pytest.raises(ValueError, match="expected"):
+        jax.jit(jax.vmap(lambda x: fn(x.T, p)))(stack)
+    with pytest.raises(ValueError, match="expected"):
+        jax.jit(lambda x: fn(x, p))(stack)  # the run axis not mapped
+
+
+def test_correct_logits_of_a_grid_no_longer_returns_a_wrong_shape():
+    p = 7
+    grid = jnp.asarray(_logits(p).reshape(p, p, p))
+    with pytest.raises(ValueError, match=r"shape \(7, 7, 7\)"):
+        metrics.correct_logits(grid, p)
+    _, labels = all_pairs(Task(p))
+    table = _logits(p)
+    np.testing.assert_array_equal(metrics.correct_logits(table, p), table[np.arange(p * p), labels])
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
+def test_embedding_metrics_refuse_a_wrong_layout(xp):
+    emb = xp.asarray(np.random.default_rng(1).normal(size=(7, 8)).astype(np.float32))
+    metrics.circularity(emb)
+    for x in (emb[0], emb[None], xp.zeros((1, 8), np.float32)):
+        with pytest.raises(ValueError, match=r"expected \(p, d\)"):
+            metrics.circularity(x)
+        with pytest.raises(ValueError, match=r"expected \(p, d\)"):
+            metrics.pca_scores(x, 2)
+        with pytest.raises(ValueError, match=r"expected \(p, d\)"):
+            circles.pca(x)
+    with pytest.raises(ValueError, match="n_components=0"):
+        metrics.pca_scores(emb, 0)
+    with pytest.raises(ValueError, match=r"scores: shape \(7,\)"):
+        metrics.fourier_power(emb[:, 0])
+    decomp = circles.pca(emb)
+    circles.key_frequencies(decomp, 7, 4)
+    with pytest.raises(ValueError, match=r"expected \(p, r\) = \(5, r\)"):
+        circles.key_frequencies(decomp, 5, 4)  # the table of another p
+    with pytest.raises(ValueError, match="n_components = 9"):
+        circles.key_frequencies(decomp, 7, 9)
+    circles.isolate(decomp, xp.ones(4, bool))
+    for keep in (xp.ones((2, 2), bool), xp.ones(8, bool)):
+        with pytest.raises(ValueError, match=r"keep: shape"):
+            circles.isolate(decomp, keep)
+
+
+def test_gradient_symmetricity_and_counts_refuse_a_wrong_layout():
+    def logit_of(e):
+        return jnp.tile(jnp.sum(e, axis=0), 2)[:7]
+
+    emb = jnp.ones((3, 2, 4), jnp.float32)
+    s, _ = metrics.gradient_symmetricity(logit_of, emb, jnp.zeros(3, jnp.int32))
+    assert np.isfinite(float(s))
+    for e, c in (
+        (emb[0], jnp.zeros(3, jnp.int32)),
+        (emb, jnp.zeros(4, jnp.int32)),
+        (emb[:, :1], jnp.zeros(3)),
+    ):
+        with pytest.raises(ValueError, match=r"expected embeddings \(S, n_ctx, d\)"):
+            metrics.gradient_symmetricity(logit_of, e, c)
+    logits, labels, mask = _logits(5), np.zeros(25, np.int32), np.ones(25, bool)
+    assert int(metrics.correct_counts(logits, labels, mask)) >= 0
+    for lab, m in ((labels[:24], mask), (labels, mask[None]), (labels.reshape(5, 5), mask)):
+        with pytest.raises(ValueError, match=r"expected logits \(\.\.\., V\)"):
+            metrics.correct_counts(logits, lab, m)
+
+
+def test_circle_fits_refuse_a_wrong_layout():
+    p = 5
+    o = jnp.asarray(circles.clock_logits(p, 1))
+    assert float(circles.logit_fve(o, o)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="expected tensors of one shape"):
+        circles.logit_fve(o, o.reshape(p * p, p))
+    logits, (_, labels) = _logits(p), all_pairs(Task(p))
+    assert circles.accuracy_by_difference(logits, labels, p).shape == (p,)
+    with pytest.raises(ValueError, match=r"expected \(p², V\)"):
+        circles.accuracy_by_difference(logits.T, labels, p)
+    with pytest.raises(ValueError, match=r"labels: shape \(24,\)"):
+        circles.accuracy_by_difference(logits, labels[:24], p)
+
+
+# --------------------------------------------------------------------------------------------- #
+# 4. Sweep names are one safe path component
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../x", "a b", "runs\\x", "é", 3])
+def test_unsafe_sweep_names_are_refused(name):
+    with pytest.raises(SpecError, match="one path component"):
+        parse_spec({**_spec(), "name": name})
+
+
+def test_safe_names_and_the_default_directory_stays_in_runs(tmp_path):
+    from phasespace.sweep.run import default_out_dir
+
+    for name in ("quick", "p59-d128_v2.1", "...", ".hidden"):
+        out = default_out_dir(parse_spec({**_spec(), "name": name}))
+        assert os.path.dirname(out) == "runs" and os.path.basename(out) == name
+    # a name from the file name must be safe too: the spec then has to name itself
+    path = tmp_path / "my sweep.toml"
+    path.write_text("[axes]\np = 7\nd_model = 8\nn_heads = 2\n")
+    with pytest.raises(SpecError, match="add name = "):
+        load_spec(str(path))
+    path.write_text('name = "mine"\n[axes]\np = 7\nd_model = 8\nn_heads = 2\n')
+    assert load_spec(str(path)).name == "mine"
+
+
+def test_dotdot_name_writes_nothing_into_the_current_directory(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = ".."\n[axes]\np = 7\nd_model = 8\nn_heads = 2\n[train]\nsteps = 4\n')
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert main(["run", str(spec), "--quiet"]) == 2
+    assert "name='..': must be one path component" in capsys.readouterr().err
+    assert sorted(os.listdir(work)) == ["runs"] and os.listdir(work / "runs") == []
+
+
+# --------------------------------------------------------------------------------------------- #
+# 5. An empty spec is refused; a refused run claims no directory
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "[train]\nsteps = 10\n"])
+def test_an_empty_spec_is_refused_saying_what_a_spec_must_contain(tmp_path, capsys, text):
+    path = tmp_path / "empty.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "empty spec: a spec must contain" in err and "[axes]" in err and "name" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    parse_spec({"name": "paper"})  # a name alone is a deliberate default (paper) network
+    parse_spec({"axes": {}})
+
+
+def test_a_run_refused_for_its_size_claims_no_directory(tmp_path, capsys):
+    out = tmp_path / "out"
+    big = tmp_path / "big.toml"
+    big.write_text('[axes]\np = 101\nd_model = 8\nn_heads = 2\n[train]\nsteps = 4\nmemory_limit = "1MiB"\n')
+    assert main(["run", str(big), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "p=101: one network's full-batch logits alone need 4121204 bytes" in err, err
+    assert "1048576 bytes" in err and "Traceback" not in err
+    assert not out.exists()
+    # the corrected spec runs on the same --out (no "different spec" refusal)
+    big.write_text("[axes]\np = 7\nd_model = 8\nn_heads = 2\n[train]\nsteps = 4\nlog_every = 2\n")
+    assert main(["run", str(big), "--out", str(out), "--quiet"]) == 0
+    assert (out / "runs.csv").exists()
+
+
+def test_a_size_refused_by_the_compiled_plan_claims_no_directory(tmp_path, capsys):
+    out = tmp_path / "out"
+    spec = tmp_path / "s.toml"
+    # the logits (7² × 7 × 4 B) fit 64 KiB, the compiled training program does not
+    spec.write_text('[axes]\np = 7\nd_model = 64\nn_heads = 2\n[train]\nsteps = 4\nmemory_limit = "64KiB"\n')
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "one network per device needs" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_huge_modulus_gets_the_clean_memory_error_before_any_allocation(tmp_path, capsys, monkeypatch):
+    import phasespace.sweep.run as run
+
+    def no_population(*a, **k):
+        raise AssertionError("population built before the size check")
+
+    monkeypatch.setattr(run, "build_population", no_population)
+    spec = tmp_path / "s.toml"
+    out = tmp_path / "out"
+    for p in (100003, 10007):
+        spec.write_text(f"[axes]\np = {p}\nd_model = 8\nn_heads = 2\n[train]\nsteps = 4\n")
+        assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"phasespace: error: p={p}: one network's full-batch logits alone need {p**3 * 4} bytes" in err
+        assert err.count("\n") == 1 and not out.exists()
