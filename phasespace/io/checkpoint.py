@@ -34,7 +34,9 @@ import functools
 import json
 import os
 import shutil
+import sys
 import time
+import traceback
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -303,6 +305,41 @@ class _Corrupt(Exception):
     pass
 
 
+_LATE_CALLBACKS_DROPPED = False
+
+
+def _is_late_read_callback(unraisable: Any) -> bool:
+    """An abandoned read's completion arriving on orbax's closed event loop (see below)."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    return any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(unraisable.exc_traceback))
+
+
+def _drop_late_read_callbacks() -> None:
+    """Silence the completions of reads abandoned by a failed restore (once per process).
+
+    orbax runs each restore on a fresh event loop and closes it as soon as the first array read
+    fails (a truncated or corrupt file); the other tensorstore reads of that checkpoint are still
+    in flight, and when they complete tensorstore calls ``loop.call_soon_threadsafe`` on the
+    closed loop, which Python reports as unraisable ``RuntimeError: Event loop is closed``
+    tracebacks (one per read, seconds later). Their results are discarded anyway, and the failure
+    itself is reported by the :class:`CheckpointWarning`; every other unraisable exception still
+    reaches the previous hook.
+    """
+    global _LATE_CALLBACKS_DROPPED
+    if _LATE_CALLBACKS_DROPPED:
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_late_read_callback(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    _LATE_CALLBACKS_DROPPED = True
+
+
 class BucketCheckpoint:
     """The checkpoints of one bucket under ``directory`` (an orbax ``CheckpointManager`` root).
 
@@ -420,6 +457,7 @@ class BucketCheckpoint:
         """
         names = _leaf_names(template)
         t_leaves, treedef = jax.tree_util.tree_flatten(template)
+        _drop_late_read_callbacks()  # before a read can fail: its siblings complete later
         for step in sorted(self.manager.all_steps(), reverse=True):
             where = f"checkpoint {os.path.join(self.directory, str(step))}"
             try:
