@@ -274,3 +274,185 @@ def test_a_huge_modulus_gets_the_clean_memory_error_before_any_allocation(tmp_pa
         err = capsys.readouterr().err
         assert f"phasespace: error: p={p}: one network's full-batch logits alone need {p**3 * 4} bytes" in err
         assert err.count("\n") == 1 and not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- #
+# 6. Bad files: one line naming the file, exit code 2
+
+
+TINY = {
+    "name": "tiny",
+    "axes": {"p": 7, "d_model": 8, "n_heads": 2, "seed": [0, 1]},
+    "train": {"steps": 20, "chunk_steps": 10, "checkpoint_every": 10, "log_every": 5},
+}
+BUCKET = "p7_L1_H2_relu_D8"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny sweep (copied by each test that changes it)."""
+    from phasespace.sweep.run import run_sweep
+
+    out = tmp_path_factory.mktemp("finished") / "sweep"
+    run_sweep(parse_spec(TINY), str(out), progress=False)
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("phasespace: error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def _truncate(path, size=None):
+    os.truncate(path, os.path.getsize(path) // 2 if size is None else size)
+
+
+def test_a_truncated_reference_checkpoint_is_a_one_line_error(tmp_path, capsys, reference_dir):
+    import shutil
+
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    run = sorted(f[:-4] for f in os.listdir(reference_dir) if f.endswith(".npz"))[0]
+    for ext in (".npz", ".json"):
+        shutil.copy(os.path.join(reference_dir, run + ext), folder / (run + ext))
+        os.chmod(folder / (run + ext), 0o644)
+    npz = str(folder / (run + ".npz"))
+    _truncate(npz)
+    assert main(["analyze", str(folder), "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, npz, "not a readable .npz checkpoint, truncated or corrupt", "BadZipFile")
+    assert main(["reference", str(folder)]) == 2
+    _one_line_error(capsys, npz, "truncated or corrupt")
+    shutil.copy(os.path.join(reference_dir, run + ".npz"), npz)
+    config = str(folder / (run + ".json"))
+    _truncate(config)
+    assert main(["reference", str(folder)]) == 2
+    _one_line_error(capsys, config, "not a readable JSON config")
+
+
+def test_analyze_on_a_foreign_runs_csv_is_a_one_line_error(tmp_path, capsys, finished):
+    import shutil
+
+    folder = tmp_path / "foreign"
+    (folder / "params").mkdir(parents=True)
+    (folder / "runs.csv").write_text("x,y\n1,2\n")
+    shutil.copy(finished / "params" / f"{BUCKET}.npz", folder / "params")
+    assert main(["analyze", str(folder)]) == 2
+    _one_line_error(capsys, str(folder / "runs.csv"), "no 'index' column", "not a runs table")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty; expected a CSV table with a header row"),
+        ("attention_rate,d_model,gradient_symmetricity,circularity\n", "a header but no rows"),
+        ("attention_rate,d_model\n0.5,128\n", "no column 'gradient_symmetricity'"),
+    ],
+    ids=["empty", "header-only", "no-metrics"],
+)
+def test_compare_on_an_empty_or_foreign_csv_is_a_one_line_error(tmp_path, capsys, text, fragment):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert main(["compare", str(path), "--table", str(path)]) == 2
+    _one_line_error(capsys, str(path), fragment)
+
+
+def test_a_corrupt_checkpoint_falls_back_without_event_loop_tracebacks(tmp_path, finished):
+    import glob
+    import subprocess
+    import sys
+
+    out = _copy(finished, tmp_path / "sweep")
+    ck = out / "checkpoints" / BUCKET
+    os.remove(ck / "result.json")
+    os.remove(out / "runs.csv")
+    latest = max(int(n) for n in os.listdir(ck) if n.isdigit())
+    data = max(
+        glob.glob(str(ck / str(latest) / "state" / "**" / "d" / "*"), recursive=True), key=os.path.getsize
+    )
+    _truncate(data, 10)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        'name = "tiny"\n[axes]\np = 7\nd_model = 8\nn_heads = 2\nseed = [0, 1]\n'
+        "[train]\nsteps = 20\nchunk_steps = 10\ncheckpoint_every = 10\nlog_every = 5\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "phasespace.cli", "run", str(spec), "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoint {ck / str(latest)} is corrupt or partial" in r.stderr
+    assert "Event loop is closed" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert (out / "runs.csv").exists() and os.listdir(ck / "_corrupt") == [f"{latest}-0"]
+
+
+# --------------------------------------------------------------------------------------------- #
+# 8. Resumed rows keep their dtypes; 7. damaged final parameters are rewritten
+
+
+def _arrays(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _assert_same_arrays(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, (k, a[k].dtype, b[k].dtype)
+        assert np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f"), k
+
+
+def test_resumed_rows_keep_their_dtypes(tmp_path, finished):
+    from phasespace.sweep.run import run_sweep
+
+    out = _copy(finished, tmp_path / "sweep")
+    os.remove(out / "runs.csv")  # every bucket's rows now come from its result record
+    run_sweep(parse_spec(TINY), str(out), progress=False)
+    for name in ("analysis.npz", "history.npz", "phase.npz"):
+        _assert_same_arrays(_arrays(finished / name), _arrays(out / name))
+    assert _arrays(out / "analysis.npz")["pc_power"].dtype == np.float32
+    with open(out / "runs.csv") as f, open(finished / "runs.csv") as g:
+        assert f.read() == g.read()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "no-checkpoint-left"])
+def test_a_damaged_params_file_is_rewritten_by_a_rerun(tmp_path, capsys, finished, damage):
+    import shutil
+
+    from phasespace.io.checkpoint import CheckpointWarning
+    from phasespace.sweep.run import run_sweep
+
+    out = _copy(finished, tmp_path / "sweep")
+    params = out / "params" / f"{BUCKET}.npz"
+    if damage == "missing":
+        os.remove(params)
+    else:
+        _truncate(params)
+        assert main(["analyze", str(out)]) == 2
+        _one_line_error(capsys, str(params), "not a readable .npz params file")
+    if damage == "no-checkpoint-left":
+        for n in os.listdir(out / "checkpoints" / BUCKET):
+            if n.isdigit():
+                shutil.rmtree(out / "checkpoints" / BUCKET / n)
+    with pytest.warns(CheckpointWarning, match=f"{BUCKET}.npz (is missing|differs from the checksum)"):
+        run_sweep(parse_spec(TINY), str(out), progress=False)
+    _assert_same_arrays(_arrays(finished / "params" / f"{BUCKET}.npz"), _arrays(params))
+    with open(out / "runs.csv") as f, open(finished / "runs.csv") as g:
+        assert f.read() == g.read()
+    assert main(["analyze", str(out)]) == 0
+    # the new file's checksum is recorded: a further run reads the bucket's record, warning-free
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointWarning)
+        run_sweep(parse_spec(TINY), str(out), progress=False)

@@ -340,6 +340,29 @@ def _drop_late_read_callbacks() -> None:
     _LATE_CALLBACKS_DROPPED = True
 
 
+def _row_dtypes(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{field: dtype string}`` of the numeric NumPy values (arrays and scalars) of the rows."""
+    out: dict[str, str] = {}
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind in "biuf":
+                out.setdefault(k, v.dtype.str)
+    return out
+
+
+def _typed_row(row: Mapping[str, Any], dtypes: Mapping[str, str]) -> dict[str, Any]:
+    """A row read from JSON with its recorded dtypes (lists back to arrays, numbers to NumPy
+    scalars); fields without a recorded dtype: lists become arrays, the rest as read."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k in dtypes:
+            a = np.asarray(v, dtype=np.dtype(dtypes[k]))
+            out[k] = a if a.ndim else a[()]
+        else:
+            out[k] = np.asarray(v) if isinstance(v, list) else v
+    return out
+
+
 class BucketCheckpoint:
     """The checkpoints of one bucket under ``directory`` (an orbax ``CheckpointManager`` root).
 
@@ -546,8 +569,25 @@ class BucketCheckpoint:
     def result_path(self) -> str:
         return os.path.join(self.directory, "result.json")
 
-    def save_result(self, rows: Sequence[Mapping[str, Any]], history: Mapping[str, np.ndarray]) -> None:
-        """Record the finished bucket (its runs-table rows and logged history), atomically."""
+    def save_result(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        history: Mapping[str, np.ndarray],
+        files: Sequence[str] = (),
+    ) -> None:
+        """Record the finished bucket (its runs-table rows and logged history), atomically.
+
+        The dtype of every NumPy value of the rows (arrays and scalars) is recorded beside them
+        (``dtypes``), so :meth:`load_result` gives back the values of an uninterrupted run with
+        their dtypes (``analysis.npz`` keeps its float32/int32 arrays after a resume).
+
+        Args:
+            rows, history: the bucket's runs-table rows and logged training curves.
+            files: files the bucket wrote and a resume does not rewrite (its final parameters,
+                ``params/<key>.npz``, its metrics history); their SHA-256 digests are recorded
+                (``files``, paths relative to the bucket's directory) and checked by
+                :meth:`load_result`.
+        """
         self.close()
         store.write_json(
             self.result_path,
@@ -557,14 +597,17 @@ class BucketCheckpoint:
                 "bucket": self.key,
                 "networks": self.networks,
                 "rows": list(rows),
+                "dtypes": _row_dtypes(rows),
+                "files": {os.path.relpath(f, self.directory): store.file_digest(f) for f in files},
                 "history": {k: np.asarray(v) for k, v in history.items()},
             },
         )
 
     def load_result(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
-        """The finished bucket's rows and history if recorded, else None (an unreadable record
-        is ignored with a :class:`CheckpointWarning`; the bucket is then re-analysed from its
-        final checkpoint).
+        """The finished bucket's rows and history if recorded, else None (an unreadable record,
+        or one whose recorded files are missing or damaged, is ignored with a
+        :class:`CheckpointWarning`; the bucket is then re-analysed from its final checkpoint, or
+        retrained if none is left, which rewrites those files).
 
         Raises:
             ResumeError: if the record was made with a different spec or bucket.
@@ -577,11 +620,12 @@ class BucketCheckpoint:
             if rec.get("format") != FORMAT:
                 raise ValueError(f"format {rec.get('format')!r}, expected {FORMAT}")
             self._check_identity(rec, self.result_path)
-            rows = rec["rows"]
+            rows = [_typed_row(r, rec.get("dtypes") or {}) for r in rec["rows"]]
             hist = {k: np.asarray(v, np.float32) for k, v in rec["history"].items() if k != "step"}
             hist["step"] = np.asarray(rec["history"]["step"], np.int64)
             if [r["index"] for r in rows] != self.networks:
                 raise ValueError("rows do not match the bucket's networks")
+            files = rec.get("files") or {}
         except ResumeError:
             raise
         except Exception as e:
@@ -591,4 +635,16 @@ class BucketCheckpoint:
                 stacklevel=2,
             )
             return None
+        for rel, digest in sorted(files.items()):
+            path = os.path.normpath(os.path.join(self.directory, rel))
+            found = store.file_digest(path)
+            if found != digest:
+                state = "is missing" if found is None else "differs from the checksum recorded when written"
+                warnings.warn(
+                    f"{path} {state}; re-analysing bucket {self.key} from its final checkpoint (or "
+                    "retraining it when none is left) to rewrite it",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+                return None
         return rows, hist

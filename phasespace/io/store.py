@@ -37,6 +37,7 @@ import contextlib
 import csv
 import dataclasses
 import gzip
+import hashlib
 import importlib
 import io
 import json
@@ -434,3 +435,16 @@ def read_npz(path: str, what: str = "file") -> dict[str, np.ndarray]:
         raise ValueError(
             f"{path}: not a readable .npz {what}, truncated or corrupt ({type(e).__name__}: {e})"
         ) from None
+
+
+def file_digest(path: str) -> str | None:
+    """SHA-256 of a file's bytes (hex), None if it does not exist (for manifests: a file read
+    back later is checked against the digest recorded when it was written)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()

@@ -146,13 +146,14 @@ def train_bucket(
     # CPU devices can deadlock in their collectives; it costs a few training steps' worth).
     params = placement.tree_to_host(state.params)
     scalars, arrays = analyse_stage(run, state, params)
+    written = []  # files a resume does not rewrite: their checksums go into the result record
     if out_dir is not None and placement.is_main_process():
         idx = [n.index for n in bucket.networks]
-        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, run.pop.hparams)
+        written.append(save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, run.pop.hparams))
     rows = bucket_rows(
         run, placement.tree_to_host(state._replace(params=None, opt_state=None)), scalars, arrays
     )
-    return rows, record_result(run, rows)
+    return rows, record_result(run, rows, written)
 
 
 def finished_result(
@@ -293,14 +294,20 @@ def bucket_rows(
     return rows
 
 
-def record_result(run: BucketTraining, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def record_result(
+    run: BucketTraining, rows: list[dict[str, Any]], written: list[str] | None = None
+) -> dict[str, Any]:
     """The bucket's history (curves, and metrics along training when recorded), recorded with
-    its rows in its checkpoint directory so that a resume skips it."""
+    its rows in its checkpoint directory so that a resume skips it; the checksums of
+    ``written`` (its params file) and of its metrics history are recorded too, so that a resume
+    rewrites a damaged one (:meth:`phasespace.io.checkpoint.BucketCheckpoint.load_result`)."""
     history: dict[str, Any] = dict(run.log.arrays())
+    written = list(written or [])
     if run.ckpt is not None:
         if run.recorder is not None:
-            store.write_npz(os.path.join(run.ckpt.directory, METRICS_HISTORY_FILE), run.recorder.result())
-        run.ckpt.save_result(rows, history)
+            written.append(os.path.join(run.ckpt.directory, METRICS_HISTORY_FILE))
+            store.write_npz(written[-1], run.recorder.result())
+        run.ckpt.save_result(rows, history, written)
     if run.recorder is not None:
         history["metrics_history"] = run.recorder.result()
     return history
