@@ -456,3 +456,40 @@ def test_a_damaged_params_file_is_rewritten_by_a_rerun(tmp_path, capsys, finishe
     with warnings.catch_warnings():
         warnings.simplefilter("error", CheckpointWarning)
         run_sweep(parse_spec(TINY), str(out), progress=False)
+
+
+def test_the_late_read_filter_drops_only_closed_loop_callbacks(monkeypatch):
+    import asyncio
+    import sys
+    import types
+
+    from phasespace.io import checkpoint
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint._drop_late_read_callbacks()
+    checkpoint._drop_late_read_callbacks()  # installed once
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        late = types.SimpleNamespace(exc_type=RuntimeError, exc_value=e, exc_traceback=e.__traceback__)
+    other = types.SimpleNamespace(
+        exc_type=RuntimeError, exc_value=RuntimeError("Event loop is closed"), exc_traceback=None
+    )
+    sys.unraisablehook(late)
+    assert seen == []
+    sys.unraisablehook(other)  # not from a callback on a closed loop: reported
+    assert seen == [other]
+
+
+def test_analyze_with_a_damaged_spec_or_foreign_params_is_a_one_line_error(tmp_path, capsys, finished):
+    out = _copy(finished, tmp_path / "sweep")
+    (out / "spec.json").write_text('{"name": "tin')
+    assert main(["analyze", str(out)]) == 2
+    _one_line_error(capsys, str(out / "spec.json"), "not a readable JSON spec")
+    os.remove(out / "spec.json")
+    (out / "runs.csv").write_text("index,bucket\n5,x\n")
+    assert main(["analyze", str(out)]) == 2
+    _one_line_error(capsys, f"{BUCKET}.npz: networks [0, 1] are not rows of", "another sweep")

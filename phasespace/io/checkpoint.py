@@ -305,9 +305,6 @@ class _Corrupt(Exception):
     pass
 
 
-_LATE_CALLBACKS_DROPPED = False
-
-
 def _is_late_read_callback(unraisable: Any) -> bool:
     """An abandoned read's completion arriving on orbax's closed event loop (see below)."""
     exc = unraisable.exc_value
@@ -317,7 +314,8 @@ def _is_late_read_callback(unraisable: Any) -> bool:
 
 
 def _drop_late_read_callbacks() -> None:
-    """Silence the completions of reads abandoned by a failed restore (once per process).
+    """Silence the completions of reads abandoned by a failed restore (installs a filter on
+    ``sys.unraisablehook`` unless it is installed already).
 
     orbax runs each restore on a fresh event loop and closes it as soon as the first array read
     fails (a truncated or corrupt file); the other tensorstore reads of that checkpoint are still
@@ -327,17 +325,16 @@ def _drop_late_read_callbacks() -> None:
     itself is reported by the :class:`CheckpointWarning`; every other unraisable exception still
     reaches the previous hook.
     """
-    global _LATE_CALLBACKS_DROPPED
-    if _LATE_CALLBACKS_DROPPED:
-        return
     previous = sys.unraisablehook
+    if getattr(previous, "_phasespace_late_reads", False):
+        return  # installed (and not replaced since)
 
     def hook(unraisable: Any) -> None:
         if not _is_late_read_callback(unraisable):
             previous(unraisable)
 
+    hook._phasespace_late_reads = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
-    _LATE_CALLBACKS_DROPPED = True
 
 
 def _row_dtypes(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
