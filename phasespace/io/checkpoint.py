@@ -11,7 +11,11 @@ Layout under a sweep directory::
         <step>/meta                JSON: the resolved spec's result fields, the bucket, its
                                    networks, the leaf paths/shapes/dtypes and a CRC-32 of each
                                    array
-        result.json                the bucket's finished runs-table rows and logged history
+        result.json                the bucket's finished runs-table rows (with their dtypes) and
+                                   logged history, and the SHA-256 of the files it wrote that a
+                                   resume does not rewrite (``params/<key>.npz``, the metrics
+                                   history): a missing or damaged one is rewritten by re-analysing
+                                   the bucket from its final checkpoint (retraining it if none is left)
         _corrupt/<step>-<n>/       checkpoints that failed to restore, moved aside
 
 orbax writes each step into a temporary folder and renames it into place once complete, so a

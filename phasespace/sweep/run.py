@@ -323,9 +323,10 @@ def run_sweep(
 
     If ``out_dir`` already holds a sweep of the same spec (a killed or finished run), it is
     resumed: each bucket continues from its latest complete checkpoint, finished buckets are not
-    retrained, and the results are the same as an uninterrupted run's (:mod:`phasespace.io.checkpoint`).
-    Nothing is written before the spec's sizes are accepted: on a new directory every bucket's
-    memory plan is made first, so a refused size leaves no directory.
+    retrained, and the results are the same as an uninterrupted run's (:mod:`phasespace.io.checkpoint`;
+    a finished bucket whose ``params/<key>.npz`` is missing or damaged is re-analysed from its final
+    checkpoint, which rewrites it). Nothing is written before the spec's sizes are accepted: on a
+    new directory every bucket's memory plan is made first, so a refused size leaves no directory.
 
     Args:
         spec: a validated spec.
