@@ -75,14 +75,12 @@ def test_embedding_metrics_refuse_a_wrong_layout(xp):
         with pytest.raises(ValueError, match=r"expected \(p, d\)"):
             metrics.circularity(x)
         with pytest.raises(ValueError, match=r"expected \(p, d\)"):
-            metrics.pca_scores(x, 2)
-        with pytest.raises(ValueError, match=r"expected \(p, d\)"):
-            circles.pca(x)
+            metrics.pca(x)
     with pytest.raises(ValueError, match="n_components=0"):
-        metrics.pca_scores(emb, 0)
+        metrics.circularity(emb, 0)
     with pytest.raises(ValueError, match=r"scores: shape \(7,\)"):
         metrics.fourier_power(emb[:, 0])
-    decomp = circles.pca(emb)
+    decomp = metrics.pca(emb)
     circles.key_frequencies(decomp, 7, 4)
     with pytest.raises(ValueError, match=r"expected \(p, r\) = \(5, r\)"):
         circles.key_frequencies(decomp, 5, 4)  # the table of another p
@@ -94,7 +92,7 @@ def test_embedding_metrics_refuse_a_wrong_layout(xp):
             circles.isolate(decomp, keep)
 
 
-def test_gradient_symmetricity_and_counts_refuse_a_wrong_layout():
+def test_gradient_symmetricity_and_the_sum_difference_table_refuse_a_wrong_layout():
     def logit_of(e):
         return jnp.tile(jnp.sum(e, axis=0), 2)[:7]
 
@@ -108,11 +106,11 @@ def test_gradient_symmetricity_and_counts_refuse_a_wrong_layout():
     ):
         with pytest.raises(ValueError, match=r"expected embeddings \(S, n_ctx, d\)"):
             metrics.gradient_symmetricity(logit_of, e, c)
-    logits, labels, mask = _logits(5), np.zeros(25, np.int32), np.ones(25, bool)
-    assert int(metrics.correct_counts(logits, labels, mask)) >= 0
-    for lab, m in ((labels[:24], mask), (labels, mask[None]), (labels.reshape(5, 5), mask)):
-        with pytest.raises(ValueError, match=r"expected logits \(\.\.\., V\)"):
-            metrics.correct_counts(logits, lab, m)
+    values = jnp.arange(25, dtype=jnp.float32)
+    assert metrics.sum_diff_table(values, 5).shape == (5, 5)
+    for v in (values[:24], values.reshape(5, 5), jnp.arange(49, dtype=jnp.float32)):
+        with pytest.raises(ValueError, match=r"expected \(p²,\) = \(25,\)"):
+            metrics.sum_diff_table(v, 5)
 
 
 def test_circle_fits_refuse_a_wrong_layout():
