@@ -92,6 +92,13 @@ TRIPLE_SEED = 42
 
 CIRCULAR_THRESHOLD = 0.995
 """A network is circular iff circularity ≥ this (SPEC §5.3)."""
+CIRCULARITY_COMPONENTS = 4
+"""Principal components of the token embeddings averaged by circularity (SPEC §5.3)."""
+MIN_P = 5
+"""Smallest modulus whose circuit metrics mean something: the p centred token embeddings span at
+most p − 1 dimensions, and circularity averages :data:`CIRCULARITY_COMPONENTS` principal
+components, so p − 1 ≥ 4 (p = 3 has two components and one frequency pair: circularity is 2/3 for
+every network)."""
 GRADIENT_SYMMETRICITY_THRESHOLD = 0.98
 """Pizza side iff gradient symmetricity > this (SPEC §5.7)."""
 DISTANCE_IRRELEVANCE_THRESHOLD = 0.6

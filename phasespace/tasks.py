@@ -12,7 +12,8 @@ class Task:
     """Static description of the modular-addition task (SPEC §1).
 
     Attributes:
-        p: the modulus (a prime ≥ 3); labels are (a + b) mod p.
+        p: the modulus (a prime; sweeps need p ≥ :data:`phasespace.defaults.MIN_P`); labels are
+            (a + b) mod p.
         diff_vocab: separate operand vocabulary (token b is encoded as b + p, V = 2p).
         eqn_sign: append an equals token with id V − 1 (n_ctx = 3, V grows by one).
     """

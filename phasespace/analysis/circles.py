@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace.analysis.metrics import PCA, fourier_power
+from phasespace.analysis.metrics import PCA, check_logits, check_table, fourier_power, shape_of
 
 
 def modular_inverses(p: int) -> np.ndarray:
@@ -43,6 +43,12 @@ def key_frequencies(decomp: PCA, p: int, n_components: int) -> dict[str, jax.Arr
         the table's variance carried by the component. Invariant to the sign of a component and
         to rotations within a pair of equal variance.
     """
+    rows, r = check_table(decomp.scores, "decomp.scores")
+    if rows != p or not 1 <= n_components <= r:
+        raise ValueError(
+            f"decomp.scores: shape {(rows, r)}, expected (p, r) = ({p}, r) with 1 ≤ n_components = "
+            f"{n_components} ≤ r (the pca of a (p, e) table for p={p})"
+        )
     scores = decomp.scores[:, :n_components]
     s2 = decomp.singular_values**2
     nonzero = s2[:n_components] > 1e-12 * jnp.maximum(jnp.sum(s2), 1e-30)
@@ -130,7 +136,10 @@ def isolate(decomp: PCA, keep: jax.Array) -> jax.Array:
     Args:
         keep: bool (n,) over the n leading components (n ≤ r).
     """
-    n = keep.shape[0]
+    shape, (_, r) = shape_of(keep, "keep"), check_table(decomp.scores, "decomp.scores")
+    if len(shape) != 1 or shape[0] > r:
+        raise ValueError(f"keep: shape {shape}, expected (n,) with n ≤ r = {r} (one flag per component)")
+    n = shape[0]
     scores = decomp.scores[:, :n] * keep.astype(decomp.scores.dtype)
     return scores @ decomp.directions[:n] + decomp.mean
 
@@ -178,6 +187,12 @@ def logit_fve(observed: jax.Array, fitted: jax.Array) -> jax.Array:
         float32 scalar ≤ 1 (NaN if either tensor is constant).
     """
 
+    if shape_of(observed, "observed") != shape_of(fitted, "fitted"):
+        raise ValueError(
+            f"observed {shape_of(observed, 'observed')}, fitted {shape_of(fitted, 'fitted')}: "
+            "expected tensors of one shape (e.g. (p, p, p) logits O[a, b, c])"
+        )
+
     def z(x: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)
         return (x - jnp.mean(x)) / jnp.std(x)
@@ -188,7 +203,14 @@ def logit_fve(observed: jax.Array, fitted: jax.Array) -> jax.Array:
 
 def accuracy_by_difference(logits: jax.Array, labels: jax.Array, p: int) -> jax.Array:
     """Accuracy per difference (a − b) mod p over all p² pairs (pair order of
-    :func:`phasespace.tasks.all_pairs`): float32 (p,), entry d over the p pairs with a − b ≡ d."""
+    :func:`phasespace.tasks.all_pairs`): float32 (p,), entry d over the p pairs with a − b ≡ d.
+
+    Raises:
+        ValueError: unless ``logits`` is (p², V ≥ p) and ``labels`` (p²,).
+    """
+    check_logits(logits, p)
+    if shape_of(labels, "labels") != (p * p,):
+        raise ValueError(f"labels: shape {shape_of(labels, 'labels')}, expected (p²,) = ({p * p},)")
     a, b = np.divmod(np.arange(p * p), p)
     d = (a - b) % p
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)

@@ -15,7 +15,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace.defaults import N_TRIPLES, TRIPLE_SEED
+from phasespace.defaults import CIRCULARITY_COMPONENTS, N_TRIPLES, TRIPLE_SEED
+
+# --------------------------------------------------------------------------------------------- #
+# Input layouts: checked on the static shapes (NumPy arrays, JAX arrays and tracers under
+# jit/vmap alike), so a transposed or wrongly sized input raises instead of being clamped.
+
+
+def shape_of(x, name: str) -> tuple[int, ...]:
+    """The static shape of an array, a JAX array or a tracer.
+
+    Raises:
+        ValueError: naming ``name`` if ``x`` is not an array.
+    """
+    try:
+        return tuple(int(d) for d in np.shape(x))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: not an array ({type(x).__name__})") from e
+
+
+def check_logits(logits, p: int, name: str = "logits") -> tuple[int, int]:
+    """Check that ``logits`` is one network's full table (p², V), V ≥ p; returns its shape.
+
+    Raises:
+        ValueError: naming the shape found and the layout expected.
+    """
+    shape = shape_of(logits, name)
+    if len(shape) != 2 or shape[0] != p * p or shape[1] < p:
+        raise ValueError(
+            f"{name}: shape {shape}, expected (p², V) = ({p * p}, V ≥ {p}) for p={p}: one row per "
+            "pair (a, b) in all_pairs order (row a·p + b), one column per class (one network; "
+            "vmap over the run axis)"
+        )
+    return shape[0], shape[1]
+
+
+def check_table(table, name: str = "embedding") -> tuple[int, int]:
+    """Check that ``table`` is one network's embedding table (p, d): one row per token value.
+
+    Raises:
+        ValueError: naming the shape found and the layout expected.
+    """
+    shape = shape_of(table, name)
+    if len(shape) != 2 or shape[0] < 2 or shape[1] < 1:
+        raise ValueError(
+            f"{name}: shape {shape}, expected (p, d): one row per token 0…p−1 (p ≥ 2), one column "
+            "per embedding dimension (one network; vmap over the run axis)"
+        )
+    return shape[0], shape[1]
+
 
 # --------------------------------------------------------------------------------------------- #
 # Gradient symmetricity (SPEC §5.1, paper Def. 4.1)
@@ -57,6 +105,13 @@ def gradient_symmetricity(
         the number of triples with a zero gradient (whose cosine is undefined and skipped).
     """
 
+    shape, cshape = shape_of(embeddings, "embeddings"), shape_of(classes, "classes")
+    if len(shape) != 3 or shape[1] < 2 or cshape != shape[:1]:
+        raise ValueError(
+            f"embeddings {shape}, classes {cshape}: expected embeddings (S, n_ctx, d) with "
+            "n_ctx ≥ 2 (the token embeddings of S inputs) and classes (S,)"
+        )
+
     def one(emb: jax.Array, c: jax.Array) -> jax.Array:
         g = jax.grad(lambda e: logit_from_embeddings(e)[c])(emb)
         g0, g1 = g[0], g[1]
@@ -86,7 +141,12 @@ def sum_diff_table(values: jax.Array, p: int) -> jax.Array:
 
     Returns:
         (p, p) array L with L[(a + b) mod p, (a − b) mod p] = values[a·p + b], same dtype.
+
+    Raises:
+        ValueError: if ``values`` is not (p²,).
     """
+    if shape_of(values, "values") != (p * p,):
+        raise ValueError(f"values: shape {shape_of(values, 'values')}, expected (p²,) = ({p * p},)")
     a, b = np.divmod(np.arange(p * p), p)
     return jnp.zeros((p, p), values.dtype).at[(a + b) % p, (a - b) % p].set(values)
 
@@ -96,13 +156,23 @@ def _irrelevance(table: jax.Array) -> jax.Array:
 
 
 def correct_logits(logits: jax.Array, p: int) -> jax.Array:
-    """Q_{ab,(a+b) mod p} for all pairs: (p², V) → (p²,)."""
+    """Q_{ab,(a+b) mod p} for all pairs: (p², V) → (p²,).
+
+    Raises:
+        ValueError: if ``logits`` is not (p², V ≥ p) (:func:`check_logits`).
+    """
+    check_logits(logits, p)
     a, b = np.divmod(np.arange(p * p), p)
     return logits[np.arange(p * p), (a + b) % p]
 
 
 def largest_wrong_logits(logits: jax.Array, p: int) -> jax.Array:
-    """max over c ∈ {0…p−1}, c ≠ (a+b) mod p of Q_abc: (p², V) → (p²,)."""
+    """max over c ∈ {0…p−1}, c ≠ (a+b) mod p of Q_abc: (p², V) → (p²,).
+
+    Raises:
+        ValueError: if ``logits`` is not (p², V ≥ p) (:func:`check_logits`).
+    """
+    check_logits(logits, p)
     a, b = np.divmod(np.arange(p * p), p)
     wrong = np.ones((p * p, p), dtype=bool)
     wrong[np.arange(p * p), (a + b) % p] = False
@@ -121,6 +191,9 @@ def distance_irrelevance(logits: jax.Array, p: int) -> jax.Array:
 
     Returns:
         float32 scalar ≥ 0 (NaN when all correct logits are equal).
+
+    Raises:
+        ValueError: if ``logits`` is not (p², V ≥ p), e.g. transposed or for another p.
     """
     return _irrelevance(sum_diff_table(correct_logits(logits, p), p))
 
@@ -130,6 +203,9 @@ def distance_irrelevance_largest_wrong(logits: jax.Array, p: int) -> jax.Array:
 
     The variant behind the published sweep tables' ``distance_irrelevance`` column: the same
     statistic as :func:`distance_irrelevance` with L filled by max_{c≠a+b, c<p} Q_abc.
+
+    Raises:
+        ValueError: if ``logits`` is not (p², V ≥ p).
     """
     return _irrelevance(sum_diff_table(largest_wrong_logits(logits, p), p))
 
@@ -151,7 +227,12 @@ class PCA(NamedTuple):
 
 def pca(table: jax.Array) -> PCA:
     """Centred PCA of an embedding table (p, e) (one row per token) by SVD (see :class:`PCA`);
-    the one PCA of circularity (SPEC §5.3), key frequencies and circle isolation (§5.4, §5.5)."""
+    the one PCA of circularity (SPEC §5.3), key frequencies and circle isolation (§5.4, §5.5).
+
+    Raises:
+        ValueError: if ``table`` is not (p, e).
+    """
+    check_table(table, "table")
     mean = jnp.mean(table, axis=0)
     u, s, vt = jnp.linalg.svd(table - mean, full_matrices=False)
     return PCA(mean, u * s, vt, s)
@@ -167,7 +248,11 @@ def fourier_power(scores: jax.Array) -> jax.Array:
 
     Returns:
         float32 (n, p − 1): entry [j, k − 1] is the power of component j at frequency k.
+
+    Raises:
+        ValueError: if ``scores`` is not (p, n).
     """
+    check_table(scores, "scores")
     p = scores.shape[0]
     t = np.arange(p)
     k = np.arange(1, p)
@@ -179,7 +264,7 @@ def fourier_power(scores: jax.Array) -> jax.Array:
     return (2 * (re * re + im * im) / norm).T
 
 
-def circularity(embedding: jax.Array, n_components: int = 4) -> jax.Array:
+def circularity(embedding: jax.Array, n_components: int = CIRCULARITY_COMPONENTS) -> jax.Array:
     """Circularity of the token embeddings (SPEC §5.3).
 
     Mean over the first ``n_components`` principal components of
@@ -193,7 +278,13 @@ def circularity(embedding: jax.Array, n_components: int = 4) -> jax.Array:
 
     Returns:
         float32 scalar in [0, 1].
+
+    Raises:
+        ValueError: if ``embedding`` is not (p, d) (e.g. W_E itself, (d, V), not transposed) or
+            ``n_components`` < 1.
     """
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise ValueError(f"n_components={n_components!r}: must be an integer ≥ 1")
     power = fourier_power(pca(embedding).scores[:, :n_components])
     return jnp.mean(jnp.clip(jnp.max(power, axis=1), 0.0, 1.0))
 

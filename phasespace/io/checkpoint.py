@@ -11,7 +11,11 @@ Layout under a sweep directory::
         <step>/meta                JSON: the resolved spec's result fields, the bucket, its
                                    networks, the leaf paths/shapes/dtypes and a CRC-32 of each
                                    array
-        result.json                the bucket's finished runs-table rows and logged history
+        result.json                the bucket's finished runs-table rows (with their dtypes) and
+                                   logged history, and the SHA-256 of the files it wrote that a
+                                   resume does not rewrite (``params/<key>.npz``, the metrics
+                                   history): a missing or damaged one is rewritten by re-analysing
+                                   the bucket from its final checkpoint (retraining it if none is left)
         _corrupt/<step>-<n>/       checkpoints that failed to restore, moved aside
 
 orbax writes each step into a temporary folder and renames it into place once complete, so a
@@ -34,7 +38,9 @@ import functools
 import json
 import os
 import shutil
+import sys
 import time
+import traceback
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -178,10 +184,12 @@ def check_sweep_dir(out_dir: str, spec: SweepSpec) -> bool:
 @contextlib.contextmanager
 def sweep_lock(out_dir: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<out_dir>/.phasespace.lock`` (released on exit or kill).
+    A directory this call created and left holding only the lock is removed on exit.
 
     Raises:
         ResumeError: if another process holds it (naming its pid).
     """
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, ".phasespace.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -197,6 +205,12 @@ def sweep_lock(out_dir: str) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        if created and os.listdir(out_dir) == [os.path.basename(path)]:
+            # a run refused before writing anything leaves no directory behind (the corrected
+            # spec then starts afresh on the same --out)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                os.rmdir(out_dir)
         os.close(fd)
 
 
@@ -294,6 +308,61 @@ def _leaf_names(tree: Any) -> list[str]:
 
 class _Corrupt(Exception):
     pass
+
+
+def _is_late_read_callback(unraisable: Any) -> bool:
+    """An abandoned read's completion arriving on orbax's closed event loop (see below)."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    return any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(unraisable.exc_traceback))
+
+
+def _drop_late_read_callbacks() -> None:
+    """Silence the completions of reads abandoned by a failed restore (installs a filter on
+    ``sys.unraisablehook`` unless it is installed already).
+
+    orbax runs each restore on a fresh event loop and closes it as soon as the first array read
+    fails (a truncated or corrupt file); the other tensorstore reads of that checkpoint are still
+    in flight, and when they complete tensorstore calls ``loop.call_soon_threadsafe`` on the
+    closed loop, which Python reports as unraisable ``RuntimeError: Event loop is closed``
+    tracebacks (one per read, seconds later). Their results are discarded anyway, and the failure
+    itself is reported by the :class:`CheckpointWarning`; every other unraisable exception still
+    reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_phasespace_late_reads", False):
+        return  # installed (and not replaced since)
+
+    def hook(unraisable: Any) -> None:
+        if not _is_late_read_callback(unraisable):
+            previous(unraisable)
+
+    hook._phasespace_late_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _row_dtypes(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{field: dtype string}`` of the numeric NumPy values (arrays and scalars) of the rows."""
+    out: dict[str, str] = {}
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind in "biuf":
+                out.setdefault(k, v.dtype.str)
+    return out
+
+
+def _typed_row(row: Mapping[str, Any], dtypes: Mapping[str, str]) -> dict[str, Any]:
+    """A row read from JSON with its recorded dtypes (lists back to arrays, numbers to NumPy
+    scalars); fields without a recorded dtype: lists become arrays, the rest as read."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k in dtypes:
+            a = np.asarray(v, dtype=np.dtype(dtypes[k]))
+            out[k] = a if a.ndim else a[()]
+        else:
+            out[k] = np.asarray(v) if isinstance(v, list) else v
+    return out
 
 
 class BucketCheckpoint:
@@ -463,6 +532,7 @@ class BucketCheckpoint:
     def _restore(self, template: TrainState) -> tuple[TrainState, dict[str, np.ndarray]] | None:
         names = _leaf_names(template)
         t_leaves, treedef = jax.tree_util.tree_flatten(template)
+        _drop_late_read_callbacks()  # before a read can fail: its siblings complete later
         for step in sorted(self.manager.all_steps(), reverse=True):
             where = f"checkpoint {os.path.join(self.directory, str(step))}"
             try:
@@ -563,9 +633,26 @@ class BucketCheckpoint:
     def result_path(self) -> str:
         return os.path.join(self.directory, "result.json")
 
-    def save_result(self, rows: Sequence[Mapping[str, Any]], history: Mapping[str, np.ndarray]) -> None:
+    def save_result(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        history: Mapping[str, np.ndarray],
+        files: Sequence[str] = (),
+    ) -> None:
         """Record the finished bucket (its runs-table rows and logged history), atomically
-        (process 0 alone)."""
+        (process 0 alone).
+
+        The dtype of every NumPy value of the rows (arrays and scalars) is recorded beside them
+        (``dtypes``), so :meth:`load_result` gives back the values of an uninterrupted run with
+        their dtypes (``analysis.npz`` keeps its float32/int32 arrays after a resume).
+
+        Args:
+            rows, history: the bucket's runs-table rows and logged training curves.
+            files: files the bucket wrote and a resume does not rewrite (its final parameters,
+                ``params/<key>.npz``, its metrics history); their SHA-256 digests are recorded
+                (``files``, paths relative to the bucket's directory) and checked by
+                :meth:`load_result`.
+        """
         self.close()
         if not self.writer:
             return
@@ -577,14 +664,17 @@ class BucketCheckpoint:
                 "bucket": self.key,
                 "networks": self.networks,
                 "rows": list(rows),
+                "dtypes": _row_dtypes(rows),
+                "files": {os.path.relpath(f, self.directory): store.file_digest(f) for f in files},
                 "history": {k: np.asarray(v) for k, v in history.items()},
             },
         )
 
     def load_result(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
-        """The finished bucket's rows and history if recorded, else None (an unreadable record
-        is ignored with a :class:`CheckpointWarning`; the bucket is then re-analysed from its
-        final checkpoint).
+        """The finished bucket's rows and history if recorded, else None (an unreadable record,
+        or one whose recorded files are missing or damaged, is ignored with a
+        :class:`CheckpointWarning`; the bucket is then re-analysed from its final checkpoint, or
+        retrained if none is left, which rewrites those files).
 
         In a multi-process run process 0 reads it; the others get ``([], {})`` when it is
         finished (process 0 alone writes the results).
@@ -616,11 +706,12 @@ class BucketCheckpoint:
             if rec.get("format") != FORMAT:
                 raise ValueError(f"format {rec.get('format')!r}, expected {FORMAT}")
             self._check_identity(rec, self.result_path)
-            rows = rec["rows"]
+            rows = [_typed_row(r, rec.get("dtypes") or {}) for r in rec["rows"]]
             hist = {k: np.asarray(v, np.float32) for k, v in rec["history"].items() if k != "step"}
             hist["step"] = np.asarray(rec["history"]["step"], np.int64)
             if [r["index"] for r in rows] != self.networks:
                 raise ValueError("rows do not match the bucket's networks")
+            files = rec.get("files") or {}
         except ResumeError:
             raise
         except Exception as e:
@@ -630,4 +721,16 @@ class BucketCheckpoint:
                 stacklevel=2,
             )
             return None
+        for rel, digest in sorted(files.items()):
+            path = os.path.normpath(os.path.join(self.directory, rel))
+            found = store.file_digest(path)
+            if found != digest:
+                state = "is missing" if found is None else "differs from the checksum recorded when written"
+                warnings.warn(
+                    f"{path} {state}; re-analysing bucket {self.key} from its final checkpoint (or "
+                    "retraining it when none is left) to rewrite it",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+                return None
         return rows, hist

@@ -66,10 +66,10 @@ def load_bucket_params(path: str) -> BucketParams:
     """Read a file written by :func:`save_bucket_params`.
 
     Raises:
-        FileNotFoundError: if ``path`` is missing; KeyError naming a missing field.
+        FileNotFoundError: if ``path`` is missing; ValueError naming the file if it is truncated
+            or corrupt; KeyError naming a missing field.
     """
-    with np.load(path, allow_pickle=False) as z:
-        files = {k: z[k] for k in z.files}
+    files = store.read_npz(path, "params file")
     for need in ("index", "arch"):
         if need not in files:
             raise KeyError(f"{path}: field {need!r} missing; not a phasespace params file")

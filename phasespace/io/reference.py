@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phasespace.io import store
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
 from phasespace.models.transformer import TransformerArch
 
@@ -51,7 +52,23 @@ def find_reference_dir() -> str:
 
 
 class CheckpointError(ValueError):
-    """A reference checkpoint whose keys or shapes do not match its configuration."""
+    """A reference checkpoint whose keys or shapes do not match its configuration, or whose
+    file cannot be read."""
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """:func:`phasespace.io.store.read_npz` of a checkpoint.
+
+    Raises:
+        FileNotFoundError: if ``path`` is missing.
+        CheckpointError: naming the file if it is not a readable ``.npz`` (truncated, corrupt).
+    """
+    try:
+        return store.read_npz(path, "checkpoint")
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def check_state_shapes(
@@ -90,9 +107,20 @@ BLOCK_KEYS = {
 
 
 def read_reference_config(path: str) -> dict[str, Any]:
-    """The training config released with a checkpoint (``<runid>.json``) as a dict."""
-    with open(path) as f:
-        return json.load(f)
+    """The training config released with a checkpoint (``<runid>.json``) as a dict.
+
+    Raises:
+        CheckpointError: naming the file if it is not a JSON object.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        cfg = json.loads(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a readable JSON config, truncated or corrupt ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: a JSON {type(cfg).__name__}, expected a config object")
+    return cfg
 
 
 def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch:
@@ -194,8 +222,7 @@ def load_reference_transformer(
         config_path = os.path.splitext(npz_path)[0] + ".json"
     cfg = read_reference_config(config_path)
     arch = arch_from_reference_config(cfg)
-    with np.load(npz_path) as z:
-        state = {k: z[k] for k in z.files}
+    state = read_npz(npz_path)
     return arch, transformer_params_from_state_dict(state, arch), cfg
 
 
@@ -233,8 +260,7 @@ def load_reference_checkpoint(
     if not cfg.get("model_type"):
         return load_reference_transformer(npz_path, config_path)
     arch = arch_from_reference_mlp_config(cfg)
-    with np.load(npz_path) as z:
-        state = {k: z[k] for k in z.files}
+    state = read_npz(npz_path)
     try:
         params = mlp_params_from_state_dict(state, arch)
     except ValueError as e:

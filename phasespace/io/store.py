@@ -37,12 +37,15 @@ import contextlib
 import csv
 import dataclasses
 import gzip
+import hashlib
 import importlib
 import io
 import json
 import os
 import secrets
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -231,11 +234,16 @@ def read_csv(path: str, schema: Callable[[str], str | None] | None = None) -> di
 
     Raises:
         ValueError: naming the file, the column and the cell, for a value that does not parse as
-            its column's type.
+            its column's type; naming the file if it is empty or not a CSV text file.
     """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with opener(path, "rt", newline="") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error, gzip.BadGzipFile, EOFError) as e:
+        raise ValueError(f"{path}: not a CSV text table ({e})") from e
+    if not rows or not rows[0]:
+        raise ValueError(f"{path}: empty; expected a CSV table with a header row")
     header, body = rows[0], rows[1:]
     out: dict[str, np.ndarray] = {}
     unknown = []
@@ -410,3 +418,34 @@ def load_sweep(path: str) -> SweepResult:
         phase=load_npz("phase.npz"),
         history=load_npz("history.npz"),
     )
+
+
+def read_npz(path: str, what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles), read in full.
+
+    Raises:
+        FileNotFoundError: if ``path`` is missing.
+        ValueError: naming the file if it is not a readable ``.npz`` (truncated or corrupt).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error) as e:
+        raise ValueError(
+            f"{path}: not a readable .npz {what}, truncated or corrupt ({type(e).__name__}: {e})"
+        ) from None
+
+
+def file_digest(path: str) -> str | None:
+    """SHA-256 of a file's bytes (hex), None if it does not exist (for manifests: a file read
+    back later is checked against the digest recorded when it was written)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()

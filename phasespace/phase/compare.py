@@ -129,7 +129,8 @@ def load_table(path: str) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: if the path (or the directory's ``runs.csv``) does not exist.
-        ValueError: if the table lacks ``attention_rate``/``attn_coeff`` or ``d_model``.
+        ValueError: if the table is empty, has no rows, or lacks ``attention_rate``/``attn_coeff``,
+            ``d_model`` or a :data:`REQUIRED` metric.
     """
     csv_path = os.path.join(path, "runs.csv") if os.path.isdir(path) else path
     if not os.path.exists(csv_path):
@@ -142,10 +143,12 @@ def load_table(path: str) -> dict[str, np.ndarray]:
         if published and k == "distance_irrelevance":
             name = "distance_irrelevance_largest_wrong"
         cols[name] = v
-    for need in ("attention_rate", "d_model"):
+    for need in ("attention_rate", "d_model", *REQUIRED):
         if need not in cols:
             raise ValueError(f"{csv_path}: no column {need!r} (nor its published name); not a runs table")
     n = len(cols["attention_rate"])
+    if n == 0:
+        raise ValueError(f"{csv_path}: a header but no rows; nothing to compare")
     cols.setdefault("model", np.asarray(["transformer"] * n))
     cols.setdefault("n_layers", np.ones(n, np.int64))
     cols.setdefault("act", np.asarray(["relu"] * n))

@@ -60,9 +60,11 @@ from typing import Any
 from phasespace.defaults import (
     ACTIVATIONS,
     ATTENTION_FAMILIES,
+    CIRCULARITY_COMPONENTS,
     DI_METRICS,
     MAX_BUCKETS,
     MAX_WASTE,
+    MIN_P,
     MODEL_FAMILIES,
     N_TRIPLES,
     PAPER_AXES,
@@ -151,6 +153,24 @@ def _unknown(kind: str, key: str, allowed: Any) -> SpecError:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return SpecError(f"{kind}: unknown key {key!r}{hint} (allowed: {', '.join(sorted(allowed))})")
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_sweep_name(name: Any) -> str:
+    """A sweep name is one safe path component: letters, digits, '.', '_' and '-', not '.' or
+    '..' (the default output folder is ``runs/<name>``, which must stay inside ``runs/``).
+
+    Raises:
+        SpecError: naming the value and what is allowed.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise SpecError(
+            f"name={name!r}: must be one path component of letters, digits, '.', '_' and '-', "
+            "not '.' or '..' (the sweep is written to runs/<name>)"
+        )
+    return name
 
 
 def _is_prime(n: int) -> bool:
@@ -285,8 +305,12 @@ def _check_value(field: str, key: str, v: Any) -> Any:
             raise SpecError(f"{where}={v!r}: must be an integer")
     elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise SpecError(f"{where}={v!r}: must be a finite number")
-    if key == "p" and not (_is_prime(v) and v >= 3):
-        raise SpecError(f"{where}={v!r}: the modulus p must be a prime ≥ 3")
+    if key == "p" and not (v >= MIN_P and _is_prime(v)):
+        raise SpecError(
+            f"{where}={v!r}: the modulus p must be a prime ≥ {MIN_P} (circularity averages "
+            f"{CIRCULARITY_COMPONENTS} principal components of the p centred token embeddings, which "
+            f"span at most p − 1 dimensions; with p = 3 it is 2/3 for every network)"
+        )
     if key == "n_layers" and not 1 <= v <= 8:
         raise SpecError(f"{where}={v!r}: must be an integer in [1, 8]")
     if key == "n_heads" and v < 1:
@@ -389,9 +413,21 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
     for k in raw:
         if k not in TOP_KEYS:
             raise _unknown("spec", k, TOP_KEYS)
-    sweep_name = raw.get("name", name or "sweep")
-    if not isinstance(sweep_name, str) or not sweep_name or any(c in sweep_name for c in "/\\"):
-        raise SpecError(f"name={sweep_name!r}: must be a non-empty string without slashes")
+    if "name" not in raw and "axes" not in raw:
+        raise SpecError(
+            'empty spec: a spec must contain at least its sweep\'s name (name = "...") or an [axes] '
+            "table saying which networks to train (e.g. [axes] p = 59, attention_rate = [0.0, 1.0]); "
+            "refusing to start a default run"
+        )
+    if "name" in raw:
+        sweep_name = check_sweep_name(raw["name"])
+    else:
+        sweep_name = name or "sweep"
+        if not _SAFE_NAME.fullmatch(sweep_name) or sweep_name in (".", ".."):
+            raise SpecError(
+                f"name: the spec gives none and its file name {sweep_name!r} is not a safe sweep name "
+                "(letters, digits, '.', '_', '-'); add name = \"...\" to the spec"
+            )
     axes_raw = _check_table("axes", raw.get("axes"), AXES)
     axes = {k: _check_axis(k, v) for k, v in axes_raw.items()}
     sampling = _check_table("sampling", raw.get("sampling"), SAMPLING_DEFAULTS)

@@ -15,6 +15,7 @@ Both write through :mod:`phasespace.sweep.derived`, the writer of ``phasespace r
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -181,7 +182,12 @@ def stored_spec(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> Sw
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        raw = json.load(f)
+        try:
+            raw = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a readable JSON spec, truncated or corrupt ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a JSON {type(raw).__name__}, expected the sweep's spec")
     raw.pop("shard", None)  # a shard's record (phasespace.sweep.shard)
     raw["analysis"] = {**raw.get("analysis", {}), **(analysis or {})}
     return spec_from_dict(raw)
@@ -217,6 +223,13 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
         )
     spec = stored_spec(sweep_dir, analysis)
     opts = spec.analysis if spec is not None else {**ANALYSIS_DEFAULTS, **(analysis or {})}
+    with open(runs_path, newline="") as f:
+        first = next(csv.reader(f), [])
+    if "index" not in first:  # before the typed read, which would warn about every foreign column
+        raise ValueError(
+            f"{runs_path}: no 'index' column (columns: {', '.join(first[:8])}); not a runs table "
+            "written by phasespace run"
+        )
     table = store.read_runs(runs_path)
     header = list(table)
     rows = [{c: table[c][i] for c in header} for i in range(len(table["index"]))]
@@ -228,6 +241,12 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
     for path in files:
         b = load_bucket_params(path)
         scalars, arrays = analyze_full(b.arch, b.params, b.hparams, opts)
+        missing = sorted(set(int(i) for i in b.index) - set(pos))
+        if missing:
+            raise ValueError(
+                f"{path}: networks {missing[:5]} are not rows of {runs_path}; the parameters belong to "
+                "another sweep"
+            )
         for j, index in enumerate(b.index):
             row = rows[pos[int(index)]]
             row.update(metric_values(scalars, arrays, j))

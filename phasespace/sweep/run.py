@@ -28,7 +28,7 @@ from phasespace.population.buckets import Bucket, padding_report, plan_buckets
 from phasespace.population.stack import Population, build_population
 from phasespace.spec.expand import expand
 from phasespace.spec.networks import Network, Recipe
-from phasespace.spec.parse import SweepSpec, parse_bytes
+from phasespace.spec.parse import SweepSpec, check_sweep_name, parse_bytes
 from phasespace.sweep.derived import METRICS_HISTORY_FILE, metric_values, runs_columns, write_results
 from phasespace.training import placement
 from phasespace.training.loop import train_population
@@ -147,13 +147,14 @@ def train_bucket(
     # CPU devices can deadlock in their collectives; it costs a few training steps' worth).
     params = placement.tree_to_host(state.params)
     scalars, arrays = analyse_stage(run, state, params)
+    written = []  # files a resume does not rewrite: their checksums go into the result record
     if out_dir is not None and placement.is_main_process():
         idx = [n.index for n in bucket.networks]
-        save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, run.pop.hparams)
+        written.append(save_bucket_params(out_dir, bucket.key, bucket.arch, idx, params, run.pop.hparams))
     rows = bucket_rows(
         run, placement.tree_to_host(state._replace(params=None, opt_state=None)), scalars, arrays
     )
-    return rows, record_result(run, rows)
+    return rows, record_result(run, rows, written)
 
 
 def finished_result(
@@ -172,6 +173,24 @@ def finished_result(
     return rows, history
 
 
+def plan_bucket(bucket: Bucket, spec: SweepSpec) -> Plan:
+    """The memory plan of a bucket's training (:func:`~phasespace.training.memory.plan_training`
+    with the spec's ``[train]`` options; its compiled programs are cached for the training).
+
+    Raises:
+        phasespace.training.memory.DeviceMemoryError: if one network does not fit a device.
+    """
+    t = spec.train
+    return plan_training(
+        bucket.arch,
+        spec.recipe_for(family(bucket.arch)),
+        len(bucket.networks),
+        aligned_chunk(t["chunk_steps"], int(spec.analysis.get("every", 0))),
+        memory_limit=parse_bytes(t["memory_limit"]),
+        group_size=None if t["group_size"] == "auto" else int(t["group_size"]),
+    )
+
+
 def resume_bucket(
     bucket: Bucket, spec: SweepSpec, ckpt: BucketCheckpoint | None, progress: bool
 ) -> BucketTraining:
@@ -179,17 +198,10 @@ def resume_bucket(
     complete checkpoint if there is one."""
     recipe = spec.recipe_for(family(bucket.arch))
     every = int(spec.analysis.get("every", 0))
+    plan = plan_bucket(bucket, spec)  # before the population: a refused size allocates nothing
     pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
     t = spec.train
     chunk = aligned_chunk(t["chunk_steps"], every)
-    plan = plan_training(
-        bucket.arch,
-        recipe,
-        pop.size,
-        chunk,
-        memory_limit=parse_bytes(t["memory_limit"]),
-        group_size=None if t["group_size"] == "auto" else int(t["group_size"]),
-    )
     recorder = MetricsRecorder(bucket.arch, pop.hparams, spec.analysis, every) if every > 0 else None
     log = LoggedHistory(recipe.steps, t["log_every"])
     run = BucketTraining(bucket, recipe, spec.analysis, pop, chunk, plan, log, recorder, ckpt)
@@ -281,14 +293,20 @@ def bucket_rows(
     return rows
 
 
-def record_result(run: BucketTraining, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def record_result(
+    run: BucketTraining, rows: list[dict[str, Any]], written: list[str] | None = None
+) -> dict[str, Any]:
     """The bucket's history (curves, and metrics along training when recorded), recorded with
-    its rows in its checkpoint directory so that a resume skips it."""
+    its rows in its checkpoint directory so that a resume skips it; the checksums of
+    ``written`` (its params file) and of its metrics history are recorded too, so that a resume
+    rewrites a damaged one (:meth:`phasespace.io.checkpoint.BucketCheckpoint.load_result`)."""
     history: dict[str, Any] = dict(run.log.arrays())
+    written = list(written or [])
     if run.ckpt is not None:
         if run.recorder is not None and run.ckpt.writer:
-            store.write_npz(os.path.join(run.ckpt.directory, METRICS_HISTORY_FILE), run.recorder.result())
-        run.ckpt.save_result(rows, history)
+            written.append(os.path.join(run.ckpt.directory, METRICS_HISTORY_FILE))
+            store.write_npz(written[-1], run.recorder.result())
+        run.ckpt.save_result(rows, history, written)
     if run.recorder is not None:
         history["metrics_history"] = run.recorder.result()
     return history
@@ -308,7 +326,10 @@ def run_sweep(
 
     If ``out_dir`` already holds a sweep of the same spec (a killed or finished run), it is
     resumed: each bucket continues from its latest complete checkpoint, finished buckets are not
-    retrained, and the results are the same as an uninterrupted run's (:mod:`phasespace.io.checkpoint`).
+    retrained, and the results are the same as an uninterrupted run's (:mod:`phasespace.io.checkpoint`;
+    a finished bucket whose ``params/<key>.npz`` is missing or damaged is re-analysed from its final
+    checkpoint, which rewrites it). Nothing is written before the spec's sizes are accepted: on a
+    new directory every bucket's memory plan is made first, so a refused size leaves no directory.
 
     Args:
         spec: a validated spec.
@@ -336,6 +357,9 @@ def run_sweep(
     buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
     main = placement.is_main_process()
     multi = jax.process_count() > 1
+    if multi or not (main and check_sweep_dir(out_dir, spec)):
+        for b in buckets:  # a refused size claims no directory: nothing is written yet
+            plan_bucket(b, spec)
     resuming = prepare_directory(spec, out_dir, spec_path) if main else False
     env = environment(spec)
     env["padding"] = padding_report(buckets)
@@ -457,4 +481,5 @@ def load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
 
 
 def default_out_dir(spec: SweepSpec) -> str:
-    return os.path.join("runs", spec.name)
+    """``runs/<name>``; the name is one safe path component, so this never leaves ``runs/``."""
+    return os.path.join("runs", check_sweep_name(spec.name))

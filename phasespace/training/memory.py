@@ -98,6 +98,12 @@ def agreed_limit(limit: int) -> int:
     return int(np.min(multihost_utils.process_allgather(mib))) * 2**20
 
 
+def min_network_bytes(arch: Any) -> int:
+    """A lower bound on the device bytes one network needs to train: its full-batch float32
+    logits, p² × V × 4 bytes (the program holds them and their gradient, and much more)."""
+    return int(arch.p) ** 2 * int(arch.vocab) * 4
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A layout with its measured footprint.
@@ -157,6 +163,13 @@ def plan_training(
     d = mesh.devices.size
     dev = mesh.devices.flat[0]
     limit = agreed_limit(device_memory_limit(dev, memory_limit))
+    floor = min_network_bytes(arch)
+    if floor > limit:  # refused before compiling (or allocating) anything of this size
+        raise DeviceMemoryError(
+            f"p={arch.p}: one network's full-batch logits alone need {floor} bytes "
+            f"({floor / 2**30:.3g} GiB: p² × V × 4 B, V = {arch.vocab}), above the memory limit of "
+            f"{limit} bytes ({limit / 2**30:.3g} GiB) on {dev.device_kind}; use a smaller p"
+        )
     per_device = placement.ceil_div(n_networks, d)
     g0 = min(group_size or placement.default_group_size(per_device, dev.platform), per_device)
     k = min(chunk_steps, recipe.steps)

@@ -27,9 +27,9 @@ def spec(axes=None, train=None, analysis=None, sampling=None, **top):
 
 # (spec, expected fragments of the message: the field, the value and what is allowed)
 BAD_SPECS = [
-    (spec({"p": 9}), ["axes.p=9", "prime ≥ 3"]),
-    (spec({"p": 2}), ["axes.p=2", "prime ≥ 3"]),
-    (spec({"p": [7, 15]}), ["axes.p[1]=15", "prime ≥ 3"]),
+    (spec({"p": 9}), ["axes.p=9", "prime ≥ 5"]),
+    (spec({"p": 2}), ["axes.p=2", "prime ≥ 5"]),
+    (spec({"p": [7, 15]}), ["axes.p[1]=15", "prime ≥ 5"]),
     (spec({"p": 7.0}), ["axes.p=7.0", "must be an integer"]),
     (spec({"attention_rate": 1.5}), ["axes.attention_rate=1.5", "in [0, 1]"]),
     (spec({"attention_rate": [0.0, -0.1]}), ["axes.attention_rate[1]=-0.1", "in [0, 1]"]),
@@ -40,10 +40,10 @@ BAD_SPECS = [
     (spec({"n_layers": 0}), ["axes.n_layers=0", "[1, 8]"]),
     (spec({"train_fraction": 1.0}), ["axes.train_fraction=1.0", "in (0, 1)"]),
     (spec({"train_fraction": 0}), ["axes.train_fraction=0", "in (0, 1)"]),
-    (spec({"p": 3, "train_fraction": 0.1}), ["axes.train_fraction=0.1", "p=3", "0 of 9", "non-empty"]),
+    (spec({"p": 5, "train_fraction": 0.03}), ["axes.train_fraction=0.03", "p=5", "0 of 25", "non-empty"]),
     (
-        spec({"p": 3, "train_fraction": {"dist": "uniform", "low": 0.05, "high": 0.5}}, sampling={"n": 2}),
-        ["axes.train_fraction=0.05", "p=3", "non-empty"],
+        spec({"p": 5, "train_fraction": {"dist": "uniform", "low": 0.03, "high": 0.5}}, sampling={"n": 2}),
+        ["axes.train_fraction=0.03", "p=5", "non-empty"],
     ),
     (spec({"lr": 0.0}), ["axes.lr=0.0", "> 0"]),
     (spec({"lr": math.inf}), ["axes.lr=inf", "finite number"]),
@@ -75,7 +75,7 @@ BAD_SPECS = [
     (spec({"p": {"dist": "randint", "low": 3, "high": 9}}, sampling={"n": 2}), ["axes.p", "as a list"]),
     (spec({"lr": {"dist": "randint", "low": 1, "high": 3}}, sampling={"n": 2}), ["randint", "integer axes"]),
     (spec({"lr": {"dist": "uniform", "low": 0.1, "high": 1}}), ["sampling.n=0", "must be ≥ 1"]),
-    (spec(name="a/b"), ["name='a/b'", "without slashes"]),
+    (spec(name="a/b"), ["name='a/b'", "one path component"]),
     ({"axes": 3}, ["axes=3", "must be a table"]),
 ]
 
@@ -151,7 +151,7 @@ def test_cli_prints_the_error_and_exits_nonzero_before_compute(tmp_path, capsys,
     out = tmp_path / "out"
     assert main(["run", bad, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "phasespace: error: axes.p=9: the modulus p must be a prime ≥ 3" in err
+    assert "phasespace: error: axes.p=9: the modulus p must be a prime ≥ 5" in err
     assert not out.exists()
     bad = _write(tmp_path, "[axes\np = 7\n")
     assert main(["run", bad, "--out", str(out)]) == 2
