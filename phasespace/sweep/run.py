@@ -29,6 +29,7 @@ from phasespace.population.buckets import Bucket, padding_report, plan_buckets
 from phasespace.population.stack import build_population
 from phasespace.spec.expand import expand
 from phasespace.spec.parse import AXES, SweepSpec, parse_bytes
+from phasespace.sweep import segments
 from phasespace.training import placement
 from phasespace.training.loop import train_population
 from phasespace.training.memory import plan_training
@@ -99,13 +100,15 @@ def train_bucket(
     out_dir: str | None = None,
     checkpoint_dir: str | None = None,
     layouts: dict[str, Any] | None = None,
+    started: dict[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and analyse one bucket.
 
     Training is sharded over every device (across processes in a ``jax.distributed`` run) in
     groups and host chunks that fit device memory (:mod:`phasespace.training.program`,
     :mod:`phasespace.training.memory`, ``[train] group_size`` / ``memory_limit``); ``layouts``, if given,
-    receives the bucket's layout and memory plan under its key.
+    receives the bucket's layout and memory plan under its key, and ``started`` the step the bucket
+    starts from (0, a checkpoint's step, or ``train.steps`` when finished earlier).
 
     Args:
         bucket, spec: the bucket and its sweep's validated spec.
@@ -141,6 +144,8 @@ def train_bucket(
             if progress:
                 tqdm.write(f"{bucket.key}: finished earlier, rows read from {ckpt.result_path}")
             rows, history = finished
+            if started is not None:
+                started[bucket.key] = recipe.steps
             rows = [{k: np.asarray(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
             if every > 0:
                 history["metrics_history"] = _load_metrics_history(ckpt.directory, recipe.steps)
@@ -169,6 +174,8 @@ def train_bucket(
                 recorder.restore(_load_metrics_history(ckpt.directory, log.done))
             if progress:
                 tqdm.write(f"{bucket.key}: resuming from the checkpoint of step {log.done}")
+    if started is not None:
+        started[bucket.key] = log.done
     if recorder is not None and not recorder.steps:
         recorder.record(0, pop.params)
     bar = tqdm(
@@ -282,6 +289,7 @@ def run_sweep(
         store.write_json(os.path.join(out_dir, "spec.json"), spec.to_dict())
     env = environment(spec)
     env["padding"] = padding_report(buckets)
+    env, segment = segments.begin(out_dir, env, resuming)  # keeps the first run's record; warns
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
 
@@ -294,6 +302,7 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     histories: list[tuple[list[int], dict[str, np.ndarray]]] = []
     layouts: dict[str, Any] = {}
+    started: dict[str, int] = {}
     for b in buckets:
         ckpt_dir = None if multi else os.path.join(out_dir, "checkpoints")
         r, h = train_bucket(
@@ -304,6 +313,7 @@ def run_sweep(
             out_dir=out_dir,
             checkpoint_dir=ckpt_dir,
             layouts=layouts,
+            started=started,
         )
         rows.extend(r)
         histories.append(([n.index for n in b.networks], h))
@@ -311,9 +321,8 @@ def run_sweep(
     rows.sort(key=lambda r: r["index"])
     if main:
         write_results(spec, out_dir, rows, histories)
-    env["wall_seconds"] = wall
-    env["networks"] = len(networks)
-    env["buckets"] = [
+    timings: dict[str, Any] = {"wall_seconds": wall, "networks": len(networks)}
+    timings["buckets"] = [
         {
             "key": b.key,
             "networks": len(b.networks),
@@ -323,13 +332,14 @@ def run_sweep(
         }
         for b in buckets
     ]
-    env["resumed"] = resuming
-    env["network_steps_this_run"] = trained[0]
-    env["network_steps_per_second"] = trained[0] / wall if trained[0] else None
+    timings["resumed"] = resuming
+    timings["network_steps_this_run"] = trained[0]
+    timings["network_steps_per_second"] = trained[0] / wall if trained[0] else None
     # padded_flops_per_step counts one step of every network; scale by the share trained now
-    env["padded_matmul_flops_per_second"] = (
+    timings["padded_matmul_flops_per_second"] = (
         env["padding"]["padded_flops_per_step"] * trained[0] / len(networks) / wall if trained[0] else None
     )
+    env = segments.finish(env, segment, timings, started)
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
     if multi:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -280,20 +281,62 @@ def arch_name(arch: Any) -> str:
     )
 
 
+XLA_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _xla_flags_device_count() -> tuple[str, int | None] | None:
+    """``(text, count)`` of the device-count setting in ``$XLA_FLAGS`` (count None if it is not an
+    integer), or None when the variable does not set it."""
+    m = re.search(XLA_DEVICE_COUNT_FLAG + r"=(\S*)", os.environ.get("XLA_FLAGS", ""))
+    if m is None:
+        return None
+    try:
+        return m.group(0), int(m.group(1))
+    except ValueError:
+        return m.group(0), None
+
+
 def use_cpu_devices(n: int | None = None) -> int:
     """Expose ``n`` CPU devices (default: one per CPU core this process may use) so that the run
     axis is sharded over the cores: each core then trains its own networks (measured faster on a
     CPU than splitting every operation across cores). Must run before JAX initialises its
-    backends; afterwards, or when ``XLA_FLAGS`` already forces a count, it changes nothing.
+    backends. Results do not depend on the count (see
+    :func:`phasespace.training.program.per_device_programs`).
 
     Returns:
-        The number of CPU devices requested (or already set).
+        The number of CPU devices requested, or set by ``XLA_FLAGS``; -1 when JAX had already
+        initialised its backends and ``n`` is None (nothing changed).
+
+    Raises:
+        ValueError: (one line) if ``n`` is not a positive integer, if ``XLA_FLAGS`` already sets
+            ``--xla_force_host_platform_device_count`` to another number, or if JAX already runs
+            with another number of CPU devices.
     """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return -1
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(
+            f"--cpu-devices={n!r}: must be a positive integer (≥ 1); omit it for one device per CPU core"
+        )
+    flag = _xla_flags_device_count()
+    if flag is not None:
+        text, forced = flag
+        if forced is None or forced < 1:
+            raise ValueError(f"XLA_FLAGS sets {text}: the device count must be a positive integer")
+        if n is not None and n != forced:
+            raise ValueError(
+                f"--cpu-devices={n} contradicts XLA_FLAGS, which sets {text}: "
+                "give one of them, or the same number in both"
+            )
+        return forced
     count = n or len(os.sched_getaffinity(0))
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:
-        return -1
+        if n is None:
+            return -1
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise ValueError(
+                f"--cpu-devices={n}: JAX already runs with {have} CPU devices in this process "
+                "(the count must be set before JAX starts)"
+            ) from None
     return count
