@@ -10,7 +10,7 @@ beside it. A resume on a machine where the numbers can differ from an uninterrup
 backend or device kind, other versions of JAX, or another device or process count where the
 layout changes the compiled program (accelerators, multi-process runs) — warns. On a CPU in one
 process the device count does not change the numbers
-(:func:`phasespace.training.program.per_device_programs`).
+(:func:`phasespace.training.placement.per_device_programs`).
 """
 
 from __future__ import annotations

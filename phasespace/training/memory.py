@@ -154,7 +154,6 @@ def plan_training(
     from phasespace.training.program import (
         compiled_device_chunk,
         compiled_sharded_chunk,
-        per_device_programs,
         state_bytes_per_network,
     )
 
@@ -171,7 +170,7 @@ def plan_training(
         nonlocal compiles
         compiles += 1
         layout = placement.Layout(mesh, n_networks, g, chunk * d)
-        if per_device_programs(layout):  # the program every device runs (the first one's)
+        if placement.per_device_programs(layout):  # the program every device runs (the first one's)
             return compiled_bytes(compiled_device_chunk(arch, recipe, k, g, chunk, dev))
         return compiled_bytes(compiled_sharded_chunk(arch, recipe, k, layout, chunk * d))
 

@@ -5,6 +5,8 @@ Networks never communicate, so a population is laid out by three numbers (:class
 * the **mesh**: every device of every process, one axis ``"runs"``; the run axis R is padded to a
   multiple of the device count with inert copies of the last network (results discarded) and
   sharded with ``NamedSharding(mesh, P("runs"))``;
+* on a CPU (one process), each device instead runs its own copy of one one-device program on its
+  ⌈R/D⌉ networks (:func:`per_device_programs`), so that the numbers do not depend on D;
 * the **group size** G: inside a device, ``jax.shard_map`` hands each device its R/D networks and
   ``jax.lax.map(..., batch_size=G)`` runs them G at a time (``vmap`` inside a group, sequential
   across groups), each group doing all K steps of a chunk while its working set stays in memory
@@ -169,14 +171,20 @@ class Layout:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (recorded in ``environment.json``)."""
-        return {
+        out = {
             "devices": self.n_devices,
             "processes": jax.process_count(),
             "group_size": self.group_size,
             "host_chunk": min(self.host_chunk, self.padded(self.n_networks)),
             "host_chunks": len(self.chunks),
             "padded_networks": sum(self.padded(b - a) for a, b in self.chunks),
+            "per_device_programs": per_device_programs(self),
         }
+        if out["per_device_programs"]:  # each device's slice padded to the same length
+            out["padded_networks"] = sum(
+                len(s) * n for n, s in (device_slices(b - a, self.n_devices) for a, b in self.chunks)
+            )
+        return out
 
 
 def simple_layout(
@@ -190,6 +198,27 @@ def simple_layout(
     per_device = -(-n_networks // d)
     g = group_size or default_group_size(per_device, mesh.devices.flat[0].platform)
     return Layout(mesh, n_networks, min(g, per_device), per_device * d)
+
+
+def per_device_programs(layout: Layout) -> bool:
+    """Whether ``layout`` runs one one-device program per device instead of one SPMD program.
+
+    On a CPU in a single process it does: XLA compiles a program partitioned over a D-device mesh
+    (D ≥ 2) differently from the same computation on one device (other fusions, so other float32
+    rounding: parameters 1e-7 apart after five steps, then diverging training curves), and a
+    network's numbers depended on the device count. With every device running the same one-device
+    program, each network goes through the same code whatever the device count, the host chunk or
+    the other networks on its device (tests/test_determinism.py).
+    """
+    return layout.mesh.devices.flat[0].platform == "cpu" and jax.process_count() == 1
+
+
+def device_slices(n: int, n_devices: int) -> tuple[int, list[tuple[int, int]]]:
+    """How ``n`` networks are split over ``n_devices`` one-device programs: ``(n_local, slices)``
+    with n_local = ⌈n / n_devices⌉ networks per program and the ``[start, stop)`` range of each
+    device used (the last one may be shorter; it is padded with copies of its last network)."""
+    n_local = ceil_div(n, n_devices)
+    return n_local, [(s, min(s + n_local, n)) for s in range(0, n, n_local)]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -301,7 +330,7 @@ def use_cpu_devices(n: int | None = None) -> int:
     axis is sharded over the cores: each core then trains its own networks (measured faster on a
     CPU than splitting every operation across cores). Must run before JAX initialises its
     backends. Results do not depend on the count (see
-    :func:`phasespace.training.program.per_device_programs`).
+    :func:`phasespace.training.placement.per_device_programs`).
 
     Returns:
         The number of CPU devices requested, or set by ``XLA_FLAGS``; -1 when JAX had already

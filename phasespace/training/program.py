@@ -147,27 +147,6 @@ def lowered_sharded_chunk(
 # One program per device (CPU)
 
 
-def per_device_programs(layout: placement.Layout) -> bool:
-    """Whether ``layout`` runs one one-device program per device instead of one SPMD program.
-
-    On a CPU in a single process it does: XLA compiles a program partitioned over a D-device mesh
-    (D ≥ 2) differently from the same computation on one device (other fusions, so other float32
-    rounding), and the numbers of a network then depend on the device count (measured: 1e-7 after
-    a few steps, 0.830 vs 0.868 test accuracy after 1,500). With every device running the same
-    one-device program, each network goes through the same executable code whatever the device
-    count, the host chunk or the other networks on its device.
-    """
-    return _platform(layout) == "cpu" and jax.process_count() == 1
-
-
-def device_slices(n: int, n_devices: int) -> tuple[int, list[tuple[int, int]]]:
-    """How ``n`` networks are split over ``n_devices`` one-device programs: ``(n_local, slices)``
-    with n_local = ⌈n / n_devices⌉ networks per program and the ``[start, stop)`` range of each
-    device used (the last one may be shorter; it is padded with copies of its last network)."""
-    n_local = placement.ceil_div(n, n_devices)
-    return n_local, [(s, min(s + n_local, n)) for s in range(0, n, n_local)]
-
-
 @functools.lru_cache(maxsize=64)
 def _jitted_device_chunk(arch: TransformerArch, recipe: Recipe, n_steps: int, group_size: int, platform: str):
     name = matmul_precision(recipe.precision, platform)
@@ -185,9 +164,10 @@ def _jitted_device_chunk(arch: TransformerArch, recipe: Recipe, n_steps: int, gr
 def lowered_device_chunk(
     arch: TransformerArch, recipe: Recipe, n_steps: int, group_size: int, n_local: int, device: jax.Device
 ) -> Any:
-    """The lowered one-device training chunk of ``n_local`` networks on ``device`` (G =
-    ``group_size`` vmapped at a time; see :func:`per_device_programs`). Call the compiled program
-    as ``fn(state, hp, tokens, labels)`` with arrays on ``device`` (``state`` is donated)."""
+    """The lowered one-device training chunk of ``n_local`` networks on ``device``, G =
+    ``group_size`` vmapped at a time (see :func:`phasespace.training.placement.per_device_programs`).
+    Call the compiled program as ``fn(state, hp, tokens, labels)`` with arrays on ``device``
+    (``state`` is donated)."""
     sharding = jax.sharding.SingleDeviceSharding(device)
     state1, hp1 = _one_state_shape(arch, recipe)
     jitted = _jitted_device_chunk(arch, recipe, n_steps, min(group_size, n_local), device.platform)
@@ -238,8 +218,9 @@ def _train_per_device(
     state: TrainState | None,
     on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None,
 ) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """:func:`train_sharded` with one one-device program per device (:func:`per_device_programs`):
-    each host chunk is split into contiguous slices of n_local networks, slice j on device j."""
+    """:func:`train_sharded` with one one-device program per device
+    (:func:`phasespace.training.placement.per_device_programs`): each host chunk is split into
+    contiguous slices of n_local networks, slice j on device j."""
     n = layout.n_networks
     devices = list(layout.mesh.devices.flat)
     tokens, labels = all_pairs(arch.task)
@@ -248,7 +229,7 @@ def _train_per_device(
             state = _compiled_init(recipe, placement.run_mesh(devices[:1]))(params, hparams)
     pieces = []  # per host chunk: (n_local, [(start, stop, device index)])
     for a, b in layout.chunks:
-        n_local, slices = device_slices(b - a, len(devices))
+        n_local, slices = placement.device_slices(b - a, len(devices))
         pieces.append((n_local, [(a + s, a + e, j) for j, (s, e) in enumerate(slices)]))
     single = len(pieces) == 1
     data = {j: _to_device((tokens, labels), devices[j]) for _, sl in pieces for *_, j in sl}
@@ -329,7 +310,7 @@ def train_sharded(
     """
     if chunk_steps <= 0:
         raise ValueError(f"chunk_steps={chunk_steps}: must be a positive number of steps")
-    if per_device_programs(layout):
+    if placement.per_device_programs(layout):
         return _train_per_device(arch, params, hparams, recipe, layout, chunk_steps, state, on_chunk)
     n = layout.n_networks
     mesh = layout.mesh
