@@ -251,3 +251,36 @@ def test_cpu_devices_contradicting_xla_flags_is_an_error(tmp_path, capsys, monke
     monkeypatch.setenv("XLA_FLAGS", f"{placement.XLA_DEVICE_COUNT_FLAG}=many")
     with pytest.raises(ValueError, match="device count must be a positive integer"):
         placement.use_cpu_devices()
+
+
+def test_a_network_does_not_depend_on_the_others_trained_or_analysed_with_it():
+    """The same network trained and analysed alone, with one other network or in a population of
+    six (two widths, zero-padded to one bucket): bit-identical parameters, curves and metrics
+    (the analysis used to vmap over the networks, batching their matmuls: 1e-7 differences)."""
+    import jax
+
+    from phasespace.analysis.circuits import analyze_full
+    from phasespace.models.transformer import TransformerArch
+    from phasespace.population.stack import NetworkSpec, build_population
+    from phasespace.spec.networks import Recipe
+    from phasespace.training.loop import train_population
+
+    arch = TransformerArch(p=7, d_model=12)
+    nets = [NetworkSpec(seed=i, attention_rate=i / 5, d_model=(8, 12)[i % 2], lr=3e-3) for i in range(6)]
+
+    def run(idx):
+        pop = build_population(arch, [nets[i] for i in idx])
+        state, hist = train_population(pop, Recipe(steps=30), chunk_steps=15)
+        params = jax.tree.map(np.asarray, state.params)
+        m, arrays = analyze_full(arch, params, pop.hparams, {"n_triples": 20})
+        return {
+            **{f"p{i}": x for i, x in enumerate(jax.tree.leaves(params))},
+            **{f"h_{k}": v for k, v in hist.items()},
+            **{f"m_{k}": np.asarray(v) for k, v in {**m, **arrays}.items()},
+        }
+
+    full = run(list(range(6)))
+    for idx in ([3], [5, 4]):
+        part = run(idx)
+        for k, v in part.items():
+            np.testing.assert_array_equal(v, full[k][idx], err_msg=f"{k} of networks {idx}")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phasespace.analysis import circles, metrics
-from phasespace.analysis.network import analyze_population
+from phasespace.analysis.network import analyze_population, over_networks
 from phasespace.defaults import ALGORITHMS, DI_METRICS
 from phasespace.models.fast import logits_table
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
@@ -236,7 +236,7 @@ def circuit_network(
 @functools.lru_cache(maxsize=32)
 def _compiled(arch: Arch, opts: CircuitOptions):
     fn = functools.partial(circuit_network, arch, opts)
-    return jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None)))
+    return jax.jit(over_networks(fn, (0, 0, 0, None, None)))
 
 
 def analyze_circuits(
