@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result is None:
         return 0
     runs = result.runs
-    env = result.environment
+    env = (result.environment.get("segments") or [result.environment])[-1]  # this run's record
     rate = env.get("network_steps_per_second")
     print(
         f"\n{len(runs['index'])} networks, {env['wall_seconds']:.1f} s, "

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phasespace.analysis import circles, classify, metrics
-from phasespace.analysis.network import analyze_population
+from phasespace.analysis.network import analyze_population, over_networks
 from phasespace.defaults import DI_METRICS, N_TRIPLES, TRIPLE_SEED
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
 from phasespace.tasks import all_pairs
@@ -307,7 +307,7 @@ def isolate_circles(
 @functools.lru_cache(maxsize=32)
 def _compiled(arch: Arch, opts: CircuitOptions):
     fn = functools.partial(circuit_network, arch, opts)
-    return jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None)))
+    return jax.jit(over_networks(fn, (0, 0, 0, None, None)))
 
 
 def analyze_circuits(

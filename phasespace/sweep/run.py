@@ -29,6 +29,7 @@ from phasespace.population.stack import Population, build_population
 from phasespace.spec.expand import expand
 from phasespace.spec.networks import Network, Recipe
 from phasespace.spec.parse import SweepSpec, check_sweep_name, parse_bytes
+from phasespace.sweep import segments
 from phasespace.sweep.derived import METRICS_HISTORY_FILE, metric_values, runs_columns, write_results
 from phasespace.training import placement
 from phasespace.training.loop import train_population
@@ -97,8 +98,11 @@ def train_bucket(
     out_dir: str | None = None,
     checkpoint_dir: str | None = None,
     layouts: dict[str, Any] | None = None,
+    started: dict[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train and analyse one bucket: resume → train → analyse → rows.
+    """Train and analyse one bucket: resume → train → analyse → rows. ``started``, if given,
+    receives the step the bucket starts from (0, a checkpoint's step, or ``train.steps`` when it
+    finished earlier; for this run's segment of ``environment.json``).
 
     Training is sharded over every device (across processes in a ``jax.distributed`` run) in
     groups and host chunks that fit device memory (:mod:`phasespace.training.program`,
@@ -136,8 +140,12 @@ def train_bucket(
     )
     finished = finished_result(ckpt, spec, progress)
     if finished is not None:
+        if started is not None:
+            started[bucket.key] = spec.recipe_for(family(bucket.arch)).steps
         return finished
     run = resume_bucket(bucket, spec, ckpt, progress)
+    if started is not None:
+        started[bucket.key] = run.log.done
     if layouts is not None:
         layouts[bucket.key] = run.plan.describe()
         if ckpt is not None and ckpt.resumed_from is not None:  # another process or device count
@@ -363,13 +371,15 @@ def run_sweep(
     resuming = prepare_directory(spec, out_dir, spec_path) if main else False
     env = environment(spec)
     env["padding"] = padding_report(buckets)
+    env, segment = segments.begin(out_dir, env, resuming)  # keeps the first run's record; warns
     if main:
         store.write_json(os.path.join(out_dir, "environment.json"), env)
     checkpoint_dir = os.path.join(out_dir, "checkpoints")
     trained = train_buckets(buckets, spec, out_dir, checkpoint_dir, progress)
     if main:
         write_results(out_dir, trained.rows, runs_columns(spec), spec, trained.histories)
-        env.update(environment_record(spec, buckets, trained, resuming, len(networks), env["padding"]))
+        timings = environment_record(spec, buckets, trained, resuming, len(networks), env["padding"])
+        env = segments.finish(env, segment, timings, trained.started)
         store.write_json(os.path.join(out_dir, "environment.json"), env)
     if multi:
         from jax.experimental import multihost_utils
@@ -396,13 +406,15 @@ def prepare_directory(spec: SweepSpec, out_dir: str, spec_path: str | None) -> b
 class TrainedBuckets:
     """The result of :func:`train_buckets`: ``rows`` (runs-table order), ``histories`` (per
     bucket: network positions and history), ``layouts`` (per bucket key), ``network_steps``
-    trained by this call (a resume skips finished work) and its ``wall_seconds``."""
+    trained by this call (a resume skips finished work), its ``wall_seconds`` and the step each
+    bucket ``started`` from."""
 
     rows: list[dict[str, Any]]
     histories: list[tuple[list[int], dict[str, Any]]]
     layouts: dict[str, Any]
     network_steps: int
     wall_seconds: float
+    started: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def train_buckets(
@@ -418,6 +430,7 @@ def train_buckets(
     rows: list[dict[str, Any]] = []
     histories: list[tuple[list[int], dict[str, Any]]] = []
     layouts: dict[str, Any] = {}
+    started: dict[str, int] = {}
     position = {i: k for k, i in enumerate(sorted(n.index for b in buckets for n in b.networks))}  # row
     for b in buckets:
         r, h = train_bucket(
@@ -428,11 +441,12 @@ def train_buckets(
             out_dir=out_dir,
             checkpoint_dir=checkpoint_dir,
             layouts=layouts,
+            started=started,
         )
         rows.extend(r)
         histories.append(([position[n.index] for n in b.networks], h))
     rows.sort(key=lambda r: r["index"])
-    return TrainedBuckets(rows, histories, layouts, trained[0], time.perf_counter() - t0)
+    return TrainedBuckets(rows, histories, layouts, trained[0], time.perf_counter() - t0, started)
 
 
 def environment_record(

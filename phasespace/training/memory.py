@@ -157,7 +157,11 @@ def plan_training(
     Raises:
         DeviceMemoryError: if one network per device does not fit, with the numbers.
     """
-    from phasespace.training.program import compiled_sharded_chunk, state_bytes_per_network
+    from phasespace.training.program import (
+        compiled_device_chunk,
+        compiled_sharded_chunk,
+        state_bytes_per_network,
+    )
 
     mesh = placement.run_mesh(devices, n_networks)
     d = mesh.devices.size
@@ -179,6 +183,8 @@ def plan_training(
         nonlocal compiles
         compiles += 1
         layout = placement.Layout(mesh, n_networks, g, chunk * d)
+        if placement.per_device_programs(layout):  # the program every device runs (the first one's)
+            return compiled_bytes(compiled_device_chunk(arch, recipe, k, g, chunk, dev))
         return compiled_bytes(compiled_sharded_chunk(arch, recipe, k, layout, chunk * d))
 
     need = measure(g0, per_device)

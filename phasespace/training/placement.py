@@ -5,6 +5,8 @@ Networks never communicate, so a population is laid out by three numbers (:class
 * the **mesh**: every device of every process, one axis ``"runs"``; the run axis R is padded to a
   multiple of the device count with inert copies of the last network (results discarded) and
   sharded with ``NamedSharding(mesh, P("runs"))``;
+* on a CPU (one process), each device instead runs its own copy of one one-device program on its
+  ⌈R/D⌉ networks (:func:`per_device_programs`), so that the numbers do not depend on D;
 * the **group size** G: inside a device, ``jax.shard_map`` hands each device its R/D networks and
   ``jax.lax.map(..., batch_size=G)`` runs them G at a time (``vmap`` inside a group, sequential
   across groups), each group doing all K steps of a chunk while its working set stays in memory
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -168,14 +171,20 @@ class Layout:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (recorded in ``environment.json``)."""
-        return {
+        out = {
             "devices": self.n_devices,
             "processes": jax.process_count(),
             "group_size": self.group_size,
             "host_chunk": min(self.host_chunk, self.padded(self.n_networks)),
             "host_chunks": len(self.chunks),
             "padded_networks": sum(self.padded(b - a) for a, b in self.chunks),
+            "per_device_programs": per_device_programs(self),
         }
+        if out["per_device_programs"]:  # each device's slice padded to the same length
+            out["padded_networks"] = sum(
+                len(s) * n for n, s in (device_slices(b - a, self.n_devices) for a, b in self.chunks)
+            )
+        return out
 
 
 def simple_layout(
@@ -189,6 +198,27 @@ def simple_layout(
     per_device = -(-n_networks // d)
     g = group_size or default_group_size(per_device, mesh.devices.flat[0].platform)
     return Layout(mesh, n_networks, min(g, per_device), per_device * d)
+
+
+def per_device_programs(layout: Layout) -> bool:
+    """Whether ``layout`` runs one one-device program per device instead of one SPMD program.
+
+    On a CPU in a single process it does: XLA compiles a program partitioned over a D-device mesh
+    (D ≥ 2) differently from the same computation on one device (other fusions, so other float32
+    rounding: parameters 1e-7 apart after five steps, then diverging training curves), and a
+    network's numbers depended on the device count. With every device running the same one-device
+    program, each network goes through the same code whatever the device count, the host chunk or
+    the other networks on its device (tests/test_determinism.py).
+    """
+    return layout.mesh.devices.flat[0].platform == "cpu" and jax.process_count() == 1
+
+
+def device_slices(n: int, n_devices: int) -> tuple[int, list[tuple[int, int]]]:
+    """How ``n`` networks are split over ``n_devices`` one-device programs: ``(n_local, slices)``
+    with n_local = ⌈n / n_devices⌉ networks per program and the ``[start, stop)`` range of each
+    device used (the last one may be shorter; it is padded with copies of its last network)."""
+    n_local = ceil_div(n, n_devices)
+    return n_local, [(s, min(s + n_local, n)) for s in range(0, n, n_local)]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -280,20 +310,62 @@ def arch_name(arch: Any) -> str:
     )
 
 
+XLA_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _xla_flags_device_count() -> tuple[str, int | None] | None:
+    """``(text, count)`` of the device-count setting in ``$XLA_FLAGS`` (count None if it is not an
+    integer), or None when the variable does not set it."""
+    m = re.search(XLA_DEVICE_COUNT_FLAG + r"=(\S*)", os.environ.get("XLA_FLAGS", ""))
+    if m is None:
+        return None
+    try:
+        return m.group(0), int(m.group(1))
+    except ValueError:
+        return m.group(0), None
+
+
 def use_cpu_devices(n: int | None = None) -> int:
     """Expose ``n`` CPU devices (default: one per CPU core this process may use) so that the run
     axis is sharded over the cores: each core then trains its own networks (measured faster on a
     CPU than splitting every operation across cores). Must run before JAX initialises its
-    backends; afterwards, or when ``XLA_FLAGS`` already forces a count, it changes nothing.
+    backends. Results do not depend on the count (see
+    :func:`phasespace.training.placement.per_device_programs`).
 
     Returns:
-        The number of CPU devices requested (or already set).
+        The number of CPU devices requested, or set by ``XLA_FLAGS``; -1 when JAX had already
+        initialised its backends and ``n`` is None (nothing changed).
+
+    Raises:
+        ValueError: (one line) if ``n`` is not a positive integer, if ``XLA_FLAGS`` already sets
+            ``--xla_force_host_platform_device_count`` to another number, or if JAX already runs
+            with another number of CPU devices.
     """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return -1
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(
+            f"--cpu-devices={n!r}: must be a positive integer (≥ 1); omit it for one device per CPU core"
+        )
+    flag = _xla_flags_device_count()
+    if flag is not None:
+        text, forced = flag
+        if forced is None or forced < 1:
+            raise ValueError(f"XLA_FLAGS sets {text}: the device count must be a positive integer")
+        if n is not None and n != forced:
+            raise ValueError(
+                f"--cpu-devices={n} contradicts XLA_FLAGS, which sets {text}: "
+                "give one of them, or the same number in both"
+            )
+        return forced
     count = n or len(os.sched_getaffinity(0))
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:
-        return -1
+        if n is None:
+            return -1
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise ValueError(
+                f"--cpu-devices={n}: JAX already runs with {have} CPU devices in this process "
+                "(the count must be set before JAX starts)"
+            ) from None
     return count

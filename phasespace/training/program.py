@@ -4,7 +4,9 @@
 it for a whole population according to a :class:`phasespace.training.placement.Layout`: padded to a
 multiple of the device count, sharded over the run axis (``shard_map``), G networks vmapped at a
 time on each device (``lax.map``), in host chunks when the population state does not fit, in the
-run's matmul precision. Every compiled program is built ahead of time
+run's matmul precision. On a CPU (one process) every device instead runs its own copy of the same
+one-device program (:func:`device_chunks`), so that a network's numbers do not depend on the device
+count. Every compiled program is built ahead of time
 (``jit(...).lower(...).compile()``), so its memory analysis is known before it runs
 (:mod:`phasespace.training.memory`). The analysis pass (:mod:`phasespace.analysis.network`,
 :mod:`phasespace.analysis.circuits`) runs afterwards on the trained parameters, in float32.
@@ -12,6 +14,7 @@ run's matmul precision. Every compiled program is built ahead of time
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -140,6 +143,133 @@ def lowered_sharded_chunk(
     )
 
 
+# --------------------------------------------------------------------------------------------- #
+# One program per device (CPU)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_device_chunk(arch: TransformerArch, recipe: Recipe, n_steps: int, group_size: int, platform: str):
+    name = matmul_precision(recipe.precision, platform)
+
+    def one(args: tuple[Any, Any], tokens: jax.Array, labels: jax.Array):
+        with jax.default_matmul_precision(name):
+            return train_chunk(arch, recipe, n_steps, *args, tokens, labels)
+
+    def per_device(state: TrainState, hp: dict[str, jax.Array], tokens: jax.Array, labels: jax.Array):
+        return jax.lax.map(lambda xs: one(xs, tokens, labels), (state, hp), batch_size=group_size)
+
+    return jax.jit(per_device, donate_argnums=(0,))
+
+
+def lowered_device_chunk(
+    arch: TransformerArch, recipe: Recipe, n_steps: int, group_size: int, n_local: int, device: jax.Device
+) -> Any:
+    """The lowered one-device training chunk of ``n_local`` networks on ``device``, G =
+    ``group_size`` vmapped at a time (see :func:`phasespace.training.placement.per_device_programs`).
+    Call the compiled program as ``fn(state, hp, tokens, labels)`` with arrays on ``device``
+    (``state`` is donated)."""
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    state1, hp1 = _one_state_shape(arch, recipe)
+    jitted = _jitted_device_chunk(arch, recipe, n_steps, min(group_size, n_local), device.platform)
+    n_pairs, n_ctx = arch.p * arch.p, arch.n_ctx
+    return jitted.lower(
+        _struct(state1, n_local, sharding),
+        _struct(hp1, n_local, sharding),
+        jax.ShapeDtypeStruct((n_pairs, n_ctx), jnp.int32, sharding=sharding),
+        jax.ShapeDtypeStruct((n_pairs,), jnp.int32, sharding=sharding),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_device_chunk(
+    arch: TransformerArch, recipe: Recipe, n_steps: int, group_size: int, n_local: int, device: jax.Device
+) -> Any:
+    """:func:`lowered_device_chunk`, compiled (cached)."""
+    return lowered_device_chunk(arch, recipe, n_steps, group_size, n_local, device).compile()
+
+
+def device_chunks(
+    arch: TransformerArch, recipe: Recipe, n_steps: int, layout: placement.Layout, n_local: int, n_used: int
+) -> list[Any]:
+    """The compiled one-device programs of the first ``n_used`` devices of ``layout``: the same
+    program compiled once per device (XLA binds an executable to its device), the compilations
+    running in parallel threads (XLA releases the GIL while it compiles)."""
+    devices = list(layout.mesh.devices.flat[:n_used])
+    g = layout.group_size
+    first = compiled_device_chunk(arch, recipe, n_steps, g, n_local, devices[0])  # traces once
+    if len(devices) == 1:
+        return [first]
+    with concurrent.futures.ThreadPoolExecutor(len(devices) - 1) as pool:
+        rest = pool.map(lambda d: compiled_device_chunk(arch, recipe, n_steps, g, n_local, d), devices[1:])
+        return [first, *rest]
+
+
+def _to_device(tree: Any, device: jax.Device) -> Any:
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), device), tree)
+
+
+def _train_per_device(
+    arch: TransformerArch,
+    params: Any,
+    hparams: dict[str, Any],
+    recipe: Recipe,
+    layout: placement.Layout,
+    chunk_steps: int,
+    state: TrainState | None,
+    on_chunk: Callable[[TrainState, dict[str, np.ndarray]], None] | None,
+) -> tuple[TrainState, dict[str, np.ndarray]]:
+    """:func:`train_sharded` with one one-device program per device
+    (:func:`phasespace.training.placement.per_device_programs`): each host chunk is split into
+    contiguous slices of n_local networks, slice j on device j."""
+    n = layout.n_networks
+    devices = list(layout.mesh.devices.flat)
+    tokens, labels = all_pairs(arch.task)
+    if state is None:  # zero moments and counters: exact, computed on the host's first device
+        with jax.default_matmul_precision("highest"):
+            state = _compiled_init(recipe, placement.run_mesh(devices[:1]))(params, hparams)
+    pieces = []  # per host chunk: (n_local, [(start, stop, device index)])
+    for a, b in layout.chunks:
+        n_local, slices = placement.device_slices(b - a, len(devices))
+        pieces.append((n_local, [(a + s, a + e, j) for j, (s, e) in enumerate(slices)]))
+    single = len(pieces) == 1
+    data = {j: _to_device((tokens, labels), devices[j]) for _, sl in pieces for *_, j in sl}
+
+    def put(tree: Any, a: int, b: int, n_local: int, j: int) -> Any:
+        return _to_device(placement.pad_runs(_slice_runs(tree, a, b), n_local), devices[j])
+
+    hps = [[put(hparams, a, b, m, j) for a, b, j in sl] for m, sl in pieces]
+    held: list[list[Any]] = [[put(state, a, b, m, j) for a, b, j in sl] for m, sl in pieces] if single else []
+    host = placement.tree_to_host(state)
+    done = int(np.asarray(host.step).reshape(-1)[0])
+    hist: dict[str, list[np.ndarray]] = {k: [] for k in HISTORY_FIELDS}
+    while done < recipe.steps:
+        k = min(chunk_steps, recipe.steps - done)
+        parts: list[Any] = []
+        hs: list[dict[str, np.ndarray]] = []
+        for i, (m, sl) in enumerate(pieces):
+            fns = device_chunks(arch, recipe, k, layout, m, len(sl))
+            sts = held[i] if single else [put(host, a, b, m, j) for a, b, j in sl]
+            outs = [fn(st, hp, *data[j]) for fn, st, hp, (*_, j) in zip(fns, sts, hps[i], sl, strict=True)]
+            if single:
+                held[i] = [st for st, _ in outs]
+            for (st, h), (a, b, _) in zip(outs, sl, strict=True):
+                parts.append(_slice_runs(st, 0, b - a))
+                hs.append({key: np.asarray(v)[: b - a] for key, v in h.items()})
+        host = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+        h_all = {key: np.concatenate([h[key] for h in hs], axis=0) for key in HISTORY_FIELDS}
+        for key in HISTORY_FIELDS:
+            hist[key].append(h_all[key])
+        done += k
+        if on_chunk is not None:
+            on_chunk(host, h_all)
+    out = {k: (np.concatenate(v, axis=1) if v else np.zeros((n, 0), np.float32)) for k, v in hist.items()}
+    return host, out
+
+
+# --------------------------------------------------------------------------------------------- #
+# One SPMD program over the mesh
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled_init(recipe: Recipe, mesh: Any) -> Any:
     runs = NamedSharding(mesh, P(placement.AXIS))
@@ -180,6 +310,8 @@ def train_sharded(
     """
     if chunk_steps <= 0:
         raise ValueError(f"chunk_steps={chunk_steps}: must be a positive number of steps")
+    if placement.per_device_programs(layout):
+        return _train_per_device(arch, params, hparams, recipe, layout, chunk_steps, state, on_chunk)
     n = layout.n_networks
     mesh = layout.mesh
     tokens, labels = all_pairs(arch.task)
