@@ -55,24 +55,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{frozen} networks frozen after a non-finite loss/update (column nonfinite_step), "
             f"{degenerate} with NaN metrics (column degenerate); means below skip NaN"
         )
-    alpha = runs["attention_rate"]
-    print(
-        f"{'attention rate':>14} {'n':>3} {'test acc':>9} {'grad sym':>9} {'dist irr':>9} "
-        f"{'d.i. (lw)':>9} {'circular':>8}"
-    )
-    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN groups print nan
-    for a in np.unique(alpha):  # NaN once: the networks of families without attention
-        sel = np.isnan(alpha) if np.isnan(a) else alpha == a
-        name = f"{a:14.3f}" if np.isfinite(a) else f"{'none':>14}"
-        print(
-            f"{name} {sel.sum():3d} {np.nanmean(runs['test_accuracy'][sel]):9.4f} "
-            f"{np.nanmean(runs['gradient_symmetricity'][sel]):9.4f} "
-            f"{np.nanmean(runs['distance_irrelevance'][sel]):9.4f} "
-            f"{np.nanmean(runs['distance_irrelevance_largest_wrong'][sel]):9.4f} "
-            f"{np.mean(runs['circular'][sel]):8.2f}"
-        )
+    print(summary_table(runs))
     _print_phase(result)
     return 0
+
+
+def summary_table(runs: dict[str, np.ndarray]) -> str:
+    """The table ``phasespace run`` prints: per attention rate, the number of networks, the means
+    of test accuracy and the circuit metrics, the fraction that is circular, and how many
+    networks learned each algorithm (the runs table's ``algorithm`` column)."""
+    alpha = runs["attention_rate"]
+    algorithms = [
+        a for a in ("clock", "pizza", "non-circular", "mixed", "collapsed") if a in set(runs["algorithm"])
+    ]
+    cols = [
+        ("networks", 8),
+        ("test accuracy", 13),
+        ("gradient symmetricity", 21),
+        ("distance irrelevance", 20),
+        ("distance irrelevance (largest wrong)", 36),
+        ("circular fraction", 17),
+    ]
+    lines = [
+        "per attention rate: means over its networks (NaN metrics skipped) and the count of each algorithm",
+        f"{'attention rate':>14} "
+        + " ".join(f"{c:>{w}}" for c, w in cols)
+        + "".join(f" {a.title() if a in ('clock', 'pizza') else a:>12}" for a in algorithms),
+    ]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN groups: nan
+        for a in np.unique(alpha):  # NaN once: the networks of families without attention
+            sel = np.isnan(alpha) if np.isnan(a) else alpha == a
+            name = f"{a:14.3f}" if np.isfinite(a) else f"{'none':>14}"
+            values = [
+                f"{int(sel.sum()):>8d}",
+                f"{np.nanmean(runs['test_accuracy'][sel]):13.4f}",
+                f"{np.nanmean(runs['gradient_symmetricity'][sel]):21.4f}",
+                f"{np.nanmean(runs['distance_irrelevance'][sel]):20.4f}",
+                f"{np.nanmean(runs['distance_irrelevance_largest_wrong'][sel]):36.4f}",
+                f"{np.mean(runs['circular'][sel]):17.2f}",
+            ]
+            counts = "".join(f" {int(np.sum(runs['algorithm'][sel] == k)):>12d}" for k in algorithms)
+            lines.append(f"{name} " + " ".join(values) + counts)
+    return "\n".join(lines)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:

@@ -45,3 +45,31 @@ def test_missing_reference_folder_names_the_places_and_the_argument(tmp_path, mo
     assert all(p in err for p in places) and "phasespace reference DIR" in err
     assert main(["analyze"]) == 2
     assert places[0] in capsys.readouterr().err
+
+
+def test_run_summary_explains_itself():
+    """The table `phasespace run` prints: full metric names, circular as a fraction, and the
+    count of each algorithm per attention rate (issue 11: no unexplained abbreviations)."""
+    import numpy as np
+
+    from phasespace.cli import summary_table
+
+    runs = {
+        "attention_rate": np.asarray([0.0, 0.0, 1.0, np.nan]),
+        "test_accuracy": np.asarray([1.0, 0.5, 1.0, 1.0]),
+        "gradient_symmetricity": np.asarray([0.99, 0.97, 0.3, np.nan]),
+        "distance_irrelevance": np.asarray([0.2, 0.4, 0.9, 0.5]),
+        "distance_irrelevance_largest_wrong": np.asarray([0.3, 0.5, 0.95, 0.6]),
+        "circular": np.asarray([True, False, True, True]),
+        "algorithm": np.asarray(["pizza", "non-circular", "clock", "mixed"]),
+    }
+    lines = summary_table(runs).splitlines()
+    head = lines[1]
+    for name in ("gradient symmetricity", "distance irrelevance (largest wrong)", "circular fraction"):
+        assert name in head
+    assert "Clock" in head and "Pizza" in head and "non-circular" in head
+    assert "d.i." not in head and "grad sym" not in head
+    row0 = lines[2].split()
+    # α = 0: 2 networks, mean test accuracy 0.75, circular fraction 0.5, Clock 0, Pizza 1, non-circular 1
+    assert row0[:3] == ["0.000", "2", "0.7500"] and row0[6] == "0.50"
+    assert lines[-1].split()[0] == "none"  # the network without attention (α NaN) gets its own row

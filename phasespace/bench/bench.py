@@ -279,9 +279,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     ap.add_argument("--out", default=DEFAULT_RESULTS, help="markdown file the results are appended to")
     ap.add_argument("--json", help="also write the results as JSON here")
-    ap.add_argument("--no-append", dest="append", action="store_false", help="only print")
+    ap.add_argument(
+        "--append",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append the results to --out (default: yes, except with --quick, a smoke test whose numbers "
+        "are not worth recording)",
+    )
     args = ap.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    if args.append is None:
+        args.append = not args.quick
     if args.quick:
         args.p, args.widths, args.populations, args.plain_populations = 23, [16], [1, 4], [4]
         args.repeats, args.chunk, args.torch_steps, args.matmul_n = 2, 16, 4, 256

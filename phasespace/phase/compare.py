@@ -79,15 +79,6 @@ PRINTED = (
 )
 """Binned means printed side by side by :func:`format_comparison`."""
 
-_SHORT_STATUS = {
-    "fitted": "",
-    "no trend": "flat",
-    "separable": "sep.",
-    "one class": "1 class",
-    "one α value": "1 α",
-    "too few": "none",
-    "failed": "failed",
-}
 """Short form of each :data:`phasespace.phase.diagram.STATUS` name in the α* table."""
 
 PUBLISHED_TABLES = ("1l_fixedwidth.csv", "1l_varywidth.csv")
@@ -314,15 +305,7 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
         )
     lines.extend(f"note: {n}" for n in c.notes)
     present = [m for m in PRINTED if f"binned__all__{m}__mean" in pa and f"binned__all__{m}__mean" in pb]
-    short = {
-        "gradient_symmetricity": "grad sym",
-        "distance_irrelevance_largest_wrong": "dist irr (lw)",
-        "distance_irrelevance": "dist irr",
-        "circularity": "circularity",
-        "circular": "circ frac",
-        "test_accuracy": "test acc",
-        "param_norm": "param norm",
-    }
+    short = diagram.METRIC_NAMES
     for subset in subsets:
         for wi in range(len(w_edges) - 1):
             na = pa[f"binned__{subset}__gradient_symmetricity__count"][0, wi]
@@ -351,11 +334,14 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
                     row += f" | {_fmt(va, max(7, len(t) + 2))} {_fmt(vb)} {_fmt(va - vb)}"
                 lines.append(row)
     lines.append("")
-    lines.append("Transition attention rate α* (P(label) = 0.5, logistic regression on α; ± standard error)")
     lines.append(
-        f"{'d_model':>9} {'subset':>8} {'label':>33} {'n A':>5} {'α* A':>14} "
-        f"{'n B':>5} {'α* B':>14} {'A−B':>7}"
+        "Transition attention rate α* (label probability 0.5 in a logistic fit on α; ± standard error)"
     )
+    lines.append(
+        f"{'d_model':>9} {'subset':>8} {'label':>33} {'n A':>5} {'α* A':>20} "
+        f"{'n B':>5} {'α* B':>20} {'A−B':>7}"
+    )
+    seen: set[str] = set()
     labels = [k for k in classify.LABELS if f"transition__all__{k}__alpha_star" in pa]
     for wi in range(len(w_edges) - 1):
         for subset in subsets:
@@ -367,16 +353,20 @@ def format_comparison(c: Comparison, subsets: Sequence[str] = diagram.SUBSETS) -
                 for p in (pa, pb):
                     a_star, se = p[f"{key}__alpha_star"][0, wi], p[f"{key}__se"][0, wi]
                     st = str(p[f"{key}__status"][0, wi])
-                    short = _SHORT_STATUS.get(st, st)
-                    s = _fmt(a_star, 6) + (f" ±{se:.3f}" if np.isfinite(se) else f" {short:>6}")
+                    seen.add(st)
+                    s = _fmt(a_star, 6) + (f" ±{se:.3f}" if st == "fitted" else f" {st}")
                     cells.append((int(p[f"{key}__n"][0, wi]), s, a_star))
                 if cells[0][0] == 0 and cells[1][0] == 0:
                     continue
                 lines.append(
                     f"{diagram.bin_label(pa, diagram.BIN_DIMS[0], wi):>9} {subset:>8} {lab:>33} "
-                    f"{cells[0][0]:5d} {cells[0][1]:>14} {cells[1][0]:5d} {cells[1][1]:>14} "
+                    f"{cells[0][0]:5d} {cells[0][1]:>20} {cells[1][0]:5d} {cells[1][1]:>20} "
                     f"{_fmt(cells[0][2] - cells[1][2])}"
                 )
+    lines.append("labels:")
+    lines.extend(diagram.label_legend(c.options))
+    lines.append("status:")
+    lines.extend(diagram.status_legend(sorted(seen)))
     return "\n".join(lines)
 
 

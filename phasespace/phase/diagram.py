@@ -180,6 +180,49 @@ STATUS = ("fitted", "no trend", "separable", "one class", "one α value", "too f
 TREND_LEVEL = 0.05
 """A fit whose slope has a likelihood-ratio p-value ≥ this is reported as ``"no trend"``."""
 
+STATUS_MEANING = {
+    "fitted": "logistic fit of the label on α: α* ± standard error",
+    "no trend": "no significant dependence of the label on α; α* not estimated",
+    "separable": "the labels split perfectly along α; α* is the middle of the gap",
+    "one class": "every network has the same label; no α*",
+    "one α value": "every network has the same α; no α*",
+    "too few": "fewer than two networks; no α*",
+    "failed": "the fit did not converge; no α*",
+}
+"""One line per :data:`STATUS` name, for printed legends."""
+
+METRIC_NAMES = {
+    "gradient_symmetricity": "gradient symmetricity",
+    "distance_irrelevance": "distance irrelevance",
+    "distance_irrelevance_largest_wrong": "distance irrelevance (largest wrong logit)",
+    "circularity": "circularity",
+    "circular": "circular fraction",
+    "test_accuracy": "test accuracy",
+    "param_norm": "parameter norm",
+}
+"""Printed names of the binned metrics (full names, no abbreviations)."""
+
+
+def label_legend(thresholds: Mapping[str, Any] | None = None) -> list[str]:
+    """What each label of :data:`phasespace.analysis.classify.LABELS` means, with its threshold
+    (``thresholds``: e.g. a spec's ``[analysis]`` options; defaults where missing), and what the
+    subsets are: lines for printed tables (``phasespace run``, ``compare``)."""
+    th = classify.thresholds(thresholds)
+    lines = [
+        f"  {name} = {METRIC_NAMES[metric]} {op} {th[key]:g} (the Pizza side)"
+        for name, (metric, op, key) in classify.LABELS.items()
+    ]
+    lines.append(
+        f"  all = every network with finite metrics; circular = circularity ≥ {th['circular_threshold']:g}"
+    )
+    return lines
+
+
+def status_legend(statuses: Sequence[str] = STATUS) -> list[str]:
+    """One line per status in ``statuses`` (those that occur in a printed table)."""
+    return [f"  {st}: {STATUS_MEANING[st]}" for st in STATUS if st in set(statuses)]
+
+
 MIN_POINTS = 2
 """Fewer networks than this in a bin: status ``"too few"``."""
 
@@ -625,16 +668,18 @@ def format_transitions(
     labels: Sequence[str] = ("symmetric", "distance_dependent_largest_wrong"),
 ) -> str:
     """α* per family and width bin as text (``phasespace run`` prints it): a block per family,
-    one line per width bin, one column per subset and label, ``α* ± se (n)`` or the status name
-    (``separable`` shows the midpoint α*)."""
+    one line per width bin, one column per subset and label (named as in ``phase.npz``,
+    ``transition__<subset>__<label>__*``), each cell ``α* ± se (n networks)``, ``α* separable
+    (n)`` or ``— <status> (n)``; followed by a legend of the labels (with the thresholds in
+    ``arrays["options"]``) and of the statuses that occur."""
     edges = arrays[f"edges__{BIN_DIMS[0]}"]
     families = [str(x) for x in arrays.get(f"coord__{FAMILY_DIM}", np.asarray(["all"]))]
     labels = [k for k in labels if f"transition__all__{k}__alpha_star" in arrays]
-    short = {"symmetric": "grad sym > th", "distance_dependent": "dist irr < th"}
-    short["distance_dependent_largest_wrong"] = "dist irr (lw) < th"
     cols = [(s, k) for s in subsets for k in labels]
-    head = f"{'d_model':>12} " + " ".join(f"{s + ', ' + short.get(k, k):>28}" for s, k in cols)
-    lines = ["transition attention rate α* per width bin (logistic regression of each label on α)"]
+    width = max([36] + [len(f"{s}: {k}") for s, k in cols])
+    head = f"{'d_model':>12} " + " ".join(f"{s + ': ' + k:>{width}}" for s, k in cols)
+    lines = ["transition attention rate α* per width bin (label probability 0.5 in a logistic fit on α)"]
+    seen: set[str] = set()
     for g, fam in enumerate(families):
         lines.append(f"family {fam}:")
         lines.append(head)
@@ -645,12 +690,18 @@ def format_transitions(
                 key = f"transition__{s}__{k}"
                 a, se, n, st = (arrays[f"{key}__{f}"][g, b] for f in ("alpha_star", "se", "n", "status"))
                 st = str(st)
+                seen.add(st)
                 if st == "fitted":
-                    cell = f"{a:.3f} ± {se:.3f} ({int(n)})"
+                    cell = f"{a:.3f} ± {se:.3f} ({int(n)} networks)"
                 elif st == "separable":
-                    cell = f"{a:.3f} separable ({int(n)})"
+                    cell = f"{a:.3f} separable ({int(n)} networks)"
                 else:
-                    cell = f"— {st} ({int(n)})"
-                cells.append(f"{cell:>28}")
+                    cell = f"— {st} ({int(n)} networks)"
+                cells.append(f"{cell:>{width}}")
             lines.append(f"{name:>12} " + " ".join(cells))
+    options = json.loads(str(arrays["options"])) if "options" in arrays else None
+    lines.append("labels:")
+    lines.extend(label_legend(options))
+    lines.append("status:")
+    lines.extend(status_legend(sorted(seen)))
     return "\n".join(lines)

@@ -232,7 +232,9 @@ def test_phase_arrays_do_not_pool_families():
     cnt = arr["binned__all__gradient_symmetricity__count"]
     assert cnt.shape == (3, 1, 10) and cnt[0].sum() == 0 and cnt[1].sum() == cnt[2].sum() == 2000
     text = diagram.format_transitions(arr)
-    assert text.count("family model=") == 3 and "— too few (0)" in text
+    assert text.count("family model=") == 3 and "— too few (0 networks)" in text
+    assert "symmetric = gradient symmetricity > 0.98 (the Pizza side)" in text
+    assert "too few: fewer than two networks; no α*" in text and "grad sym" not in text
 
 
 def test_phase_figures_per_family_no_empty_and_robust(tmp_path, monkeypatch):
