@@ -308,10 +308,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``phasespace`` console script."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``phasespace`` command line: one subcommand per job, each calling its ``_cmd_*``."""
     parser = argparse.ArgumentParser(prog="phasespace", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_analysis_commands(sub)
+    _add_compare_command(sub)
+    return parser
+
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="train a sweep and write its directory")
     run.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/quick.toml")
     run.add_argument("--out", help="sweep directory (default runs/<name>)")
@@ -333,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="merge even if networks are missing (their indices are recorded in merge.json)",
     )
     merge.set_defaults(fn=_cmd_merge)
+
+
+def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench",
         help="measure throughput (same as python benchmarks/bench.py; every option after it is bench's)",
@@ -356,6 +366,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ana.add_argument("--out", help="for a checkpoint folder: output directory (default runs/reference)")
     ana.set_defaults(fn=_cmd_analyze)
+    show = sub.add_parser(
+        "show", help="draw one network's card: embedding circles, logit patterns, logit fits, curves"
+    )
+    show.add_argument("dir", help="a sweep directory, or a folder of reference checkpoints (data/reference)")
+    show.add_argument(
+        "--run", required=True, help="the network: a row index of runs.csv, or a checkpoint's run id"
+    )
+    show.add_argument(
+        "--out", help="folder for the PNGs (default DIR/cards; runs/reference/cards for checkpoints)"
+    )
+    show.set_defaults(fn=_cmd_show)
+    rep = sub.add_parser("report", help="write DIR/report.html: spec, phase tables, figures, networks, cards")
+    rep.add_argument("dir", help="a finished sweep directory")
+    rep.add_argument(
+        "--no-cards", action="store_true", help="draw no cards (cards already in DIR/cards are still linked)"
+    )
+    rep.add_argument(
+        "--rebuild-cards", action="store_true", help="redraw every card, even those newer than runs.csv"
+    )
+    rep.set_defaults(fn=_cmd_report)
+
+
+def _add_compare_command(sub: argparse._SubParsersAction) -> None:
     cmp = sub.add_parser(
         "compare",
         help="compare a sweep (or a table) with the published sweep tables: binned statistics and α*",
@@ -386,26 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument("--out", help="folder for alpha_star_vs_<table>.csv and compare_<table>.npz")
     cmp.add_argument("--figures", action="store_true", help="also draw both sides' phase figures into --out")
     cmp.set_defaults(fn=_cmd_compare)
-    show = sub.add_parser(
-        "show", help="draw one network's card: embedding circles, logit patterns, logit fits, curves"
-    )
-    show.add_argument("dir", help="a sweep directory, or a folder of reference checkpoints (data/reference)")
-    show.add_argument(
-        "--run", required=True, help="the network: a row index of runs.csv, or a checkpoint's run id"
-    )
-    show.add_argument(
-        "--out", help="folder for the PNGs (default DIR/cards; runs/reference/cards for checkpoints)"
-    )
-    show.set_defaults(fn=_cmd_show)
-    rep = sub.add_parser("report", help="write DIR/report.html: spec, phase tables, figures, networks, cards")
-    rep.add_argument("dir", help="a finished sweep directory")
-    rep.add_argument(
-        "--no-cards", action="store_true", help="draw no cards (cards already in DIR/cards are still linked)"
-    )
-    rep.add_argument(
-        "--rebuild-cards", action="store_true", help="redraw every card, even those newer than runs.csv"
-    )
-    rep.set_defaults(fn=_cmd_report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``phasespace`` console script: parse, run the subcommand, print errors
+    as one line (exit code 2) and warnings as ``phasespace: warning (...)`` lines."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         args.args = extra  # every option after "bench" is benchmarks/bench.py's (its --help too)

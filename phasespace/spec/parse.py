@@ -405,7 +405,8 @@ def _check_table(name: str, raw: Any, defaults: Mapping[str, Any]) -> dict[str, 
 
 
 def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
-    """Validate a spec given as a dict (the parsed TOML).
+    """Validate a spec given as a dict (the parsed TOML): each table in turn, then the
+    combinations of axes.
 
     Raises:
         SpecError: for the first invalid field, naming it, its value and what is allowed.
@@ -413,6 +414,26 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
     for k in raw:
         if k not in TOP_KEYS:
             raise _unknown("spec", k, TOP_KEYS)
+    sweep_name = _check_name(raw, name)
+    axes_raw = _check_table("axes", raw.get("axes"), AXES)
+    axes = {k: _check_axis(k, v) for k, v in axes_raw.items()}
+    sampling = _check_sampling(_check_table("sampling", raw.get("sampling"), SAMPLING_DEFAULTS), axes)
+    train = _check_train(_check_table("train", raw.get("train"), TRAIN_DEFAULTS))
+    analysis = _check_table("analysis", raw.get("analysis"), ANALYSIS_DEFAULTS)
+    _check_triples(analysis, "n_triples" in (raw.get("analysis") or {}), min(_values(axes["p"])))
+    _check_analysis(analysis)
+    bucket_opts = _check_buckets(_check_table("buckets", raw.get("buckets"), BUCKET_DEFAULTS))
+    phase_opts = _check_table("phase", raw.get("phase"), PHASE_DEFAULTS)
+    try:
+        check_phase_options(phase_opts)
+    except ValueError as e:
+        raise SpecError(str(e)) from e
+    spec = SweepSpec(sweep_name, axes, sampling, train, analysis, bucket_opts, phase_opts)
+    _check_combinations(spec)
+    return spec
+
+
+def _check_name(raw: Mapping[str, Any], name: str | None) -> str:
     if "name" not in raw and "axes" not in raw:
         raise SpecError(
             'empty spec: a spec must contain at least its sweep\'s name (name = "...") or an [axes] '
@@ -420,32 +441,27 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
             "refusing to start a default run"
         )
     if "name" in raw:
-        sweep_name = check_sweep_name(raw["name"])
-    else:
-        sweep_name = name or "sweep"
-        if not _SAFE_NAME.fullmatch(sweep_name) or sweep_name in (".", ".."):
-            raise SpecError(
-                f"name: the spec gives none and its file name {sweep_name!r} is not a safe sweep name "
-                "(letters, digits, '.', '_', '-'); add name = \"...\" to the spec"
-            )
-    axes_raw = _check_table("axes", raw.get("axes"), AXES)
-    axes = {k: _check_axis(k, v) for k, v in axes_raw.items()}
-    sampling = _check_table("sampling", raw.get("sampling"), SAMPLING_DEFAULTS)
-    train = _check_table("train", raw.get("train"), TRAIN_DEFAULTS)
-    analysis = _check_table("analysis", raw.get("analysis"), ANALYSIS_DEFAULTS)
-    bucket_opts = _check_table("buckets", raw.get("buckets"), BUCKET_DEFAULTS)
-    phase_opts = _check_table("phase", raw.get("phase"), PHASE_DEFAULTS)
+        return check_sweep_name(raw["name"])
+    sweep_name = name or "sweep"
+    if not _SAFE_NAME.fullmatch(sweep_name) or sweep_name in (".", ".."):
+        raise SpecError(
+            f"name: the spec gives none and its file name {sweep_name!r} is not a safe sweep name "
+            "(letters, digits, '.', '_', '-'); add name = \"...\" to the spec"
+        )
+    return sweep_name
+
+
+def _check_buckets(bucket_opts: dict[str, Any]) -> dict[str, Any]:
     mb = bucket_opts["max_buckets"]
     if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
         raise SpecError(f"buckets.max_buckets={mb!r}: must be an integer ≥ 1")
     mw = bucket_opts["max_waste"]
     if isinstance(mw, bool) or not isinstance(mw, (int, float)) or not 0.0 <= mw < 1.0:
         raise SpecError(f"buckets.max_waste={mw!r}: must be a number in [0, 1)")
-    try:
-        check_phase_options(phase_opts)
-    except ValueError as e:
-        raise SpecError(str(e)) from e
+    return bucket_opts
 
+
+def _check_sampling(sampling: dict[str, Any], axes: Mapping[str, Any]) -> dict[str, Any]:
     for k in ("n", "seed"):
         if isinstance(sampling[k], bool) or not isinstance(sampling[k], int) or sampling[k] < 0:
             raise SpecError(f"sampling.{k}={sampling[k]!r}: must be an integer ≥ 0")
@@ -456,6 +472,10 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         )
     if not sampled and sampling["n"] > 0:
         raise SpecError(f"sampling.n={sampling['n']!r}: no axis is a distribution; remove it or give one")
+    return sampling
+
+
+def _check_train(train: dict[str, Any]) -> dict[str, Any]:
     for k in ("steps", "chunk_steps", "log_every", "checkpoint_every"):
         v = train[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -483,11 +503,14 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
     eps = train["eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise SpecError(f"train.eps={eps!r}: must be a finite number > 0")
+    return train
+
+
+def _check_triples(analysis: Mapping[str, Any], given: bool, p_min: int) -> None:
     n_t = analysis["n_triples"]
     if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
         raise SpecError(f"analysis.n_triples={n_t!r}: must be a positive integer")
-    p_min = min(_values(axes["p"]))
-    if "n_triples" in (raw.get("analysis") or {}) and n_t > p_min**3:
+    if given and n_t > p_min**3:
         # (the default, 100, falls back to all p³ triples when p³ is smaller)
         raise SpecError(
             f"analysis.n_triples={n_t!r}: must be ≤ p³ = {p_min**3} (p={p_min}), "
@@ -495,11 +518,6 @@ def parse_spec(raw: Mapping[str, Any], name: str | None = None) -> SweepSpec:
         )
     if isinstance(analysis["triple_seed"], bool) or not isinstance(analysis["triple_seed"], int):
         raise SpecError(f"analysis.triple_seed={analysis['triple_seed']!r}: must be an integer")
-    _check_analysis(analysis)
-
-    spec = SweepSpec(sweep_name, axes, sampling, train, analysis, bucket_opts, phase_opts)
-    _check_combinations(spec)
-    return spec
 
 
 def _check_analysis(analysis: Mapping[str, Any]) -> None:
