@@ -129,6 +129,6 @@ def test_two_processes_killed_and_resumed(tmp_path):
             np.testing.assert_array_equal(c[k], a[k], err_msg=k)
     env = _json(one, "environment.json")
     # the record keeps the first run's setting; each run is a segment of its own
-    assert env["process_count"] == 2 and [g["process_count"] for g in env["segments"]] == [2, 2, 1]
+    assert env["process_count"] == 2 and [g["process_count"] for g in env["segments"]] == [2, 1]
     resumed = env["buckets"][0]["layout"]["resumed_from"]
     assert resumed == {"step": 20, "process_count": 2, "device_count": 2}, resumed
