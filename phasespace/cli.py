@@ -66,7 +66,9 @@ def summary_table(runs: dict[str, np.ndarray]) -> str:
     networks learned each algorithm (the runs table's ``algorithm`` column)."""
     alpha = runs["attention_rate"]
     algorithms = [
-        a for a in ("clock", "pizza", "non-circular", "mixed", "collapsed") if a in set(runs["algorithm"])
+        a
+        for a in ("clock", "pizza", "non-circular", "mixed", "collapsed", "diverged")
+        if a in set(runs["algorithm"])
     ]
     cols = [
         ("networks", 8),

@@ -35,7 +35,7 @@ DI_METRICS = ("distance_irrelevance", "distance_irrelevance_largest_wrong")
 """The two distance irrelevances: correct logit (paper Def. 4.2) and the published tables'
 largest-wrong-logit variant (SPEC §5.2)."""
 
-ALGORITHMS = ("non-circular", "pizza", "clock", "mixed", "collapsed")
+ALGORITHMS = ("non-circular", "pizza", "clock", "mixed", "collapsed", "diverged")
 """Algorithm classes of a network (SPEC §5.7); ``algorithm_code`` indexes this tuple. The
 classification of the final weights gives the first four; a network whose accuracy collapsed
 (``collapsed`` in the runs table) is labelled ``collapsed`` whatever its weights look like."""

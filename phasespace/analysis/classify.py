@@ -12,7 +12,7 @@ NumPy only: labels are applied to finished tables, never inside a compiled progr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from phasespace.defaults import (
     ALGORITHMS,
     CIRCULAR_THRESHOLD,
+    DI_METRICS,
     DISTANCE_IRRELEVANCE_THRESHOLD,
     GRADIENT_SYMMETRICITY_THRESHOLD,
     THRESHOLDS,
@@ -125,3 +126,50 @@ def algorithm(
 def algorithm_names(codes: Any) -> np.ndarray:
     """The names of algorithm codes (:data:`~phasespace.defaults.ALGORITHMS`): str (R,)."""
     return np.asarray([ALGORITHMS[int(c)] for c in np.asarray(codes).reshape(-1)])
+
+
+def left_out(runs: Mapping[str, Any]) -> np.ndarray:
+    """Networks whose final metrics do not describe a trained network: bool (R,), True where the
+    network ``collapsed`` (its accuracy fell more than 0.1 below its best after reaching 0.99) or
+    diverged (``nonfinite_step`` ≥ 0: frozen after a non-finite loss or update, its metrics
+    come from its last finite parameters). They are left out of the phase diagram's cells and
+    fits (counted per cell) and never labelled Clock or Pizza. Tables without those columns
+    (e.g. the published ones) leave nothing out."""
+    n = len(np.asarray(next(iter(runs.values()))))
+    out = np.zeros(n, bool)
+    if "collapsed" in runs:
+        out |= np.asarray(runs["collapsed"], dtype=bool)
+    if "nonfinite_step" in runs:
+        step = np.asarray(runs["nonfinite_step"], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out |= np.isfinite(step) & (step >= 0)
+    return out
+
+
+def classify_rows(rows: Sequence[dict[str, Any]], options: Mapping[str, Any] | None = None) -> None:
+    """Set ``circular``, ``algorithm_code`` and ``algorithm`` of runs-table rows, in place, from
+    their metrics and the thresholds of ``options`` (a spec's ``[analysis]`` table: the label
+    thresholds and ``di_metric``): the one place a row gets its class, so a finished sweep
+    re-run with other thresholds, ``analyze`` and ``merge`` agree. Collapsed and diverged
+    networks (:func:`left_out`) are ``"collapsed"`` / ``"diverged"``, never Clock or Pizza."""
+    if not rows:
+        return
+    th = thresholds(options)
+    di_metric = (options or {}).get("di_metric", DI_METRICS[0])
+    cols = {
+        k: np.asarray([r.get(k, np.nan) for r in rows], dtype=np.float64)
+        for k in ("circularity", "gradient_symmetricity", di_metric)
+    }
+    code = algorithm(cols["circularity"], cols["gradient_symmetricity"], cols[di_metric], **th)
+    circ = circular_mask(cols["circularity"], th["circular_threshold"])
+    record = {
+        k: np.asarray([r.get(k, v) for r in rows])
+        for k, v in (("collapsed", False), ("nonfinite_step", np.nan))
+    }
+    diverged = left_out({"nonfinite_step": record["nonfinite_step"]})
+    code = np.where(np.asarray(record["collapsed"], bool), ALGORITHMS.index("collapsed"), code)
+    code = np.where(diverged, ALGORITHMS.index("diverged"), code)
+    for r, cr, k in zip(rows, circ, code, strict=True):
+        r["circular"] = bool(cr)
+        r["algorithm_code"] = int(k)
+        r["algorithm"] = ALGORITHMS[int(k)]

@@ -401,14 +401,16 @@ def load_sweep(path: str) -> SweepResult:
         if not os.path.exists(p):
             return {}
         with open(p) as f:
-            return json.load(f)
+            try:
+                return json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{p}: not readable JSON, truncated or corrupt ({e})") from None
 
     def load_npz(name: str) -> dict[str, np.ndarray]:
         p = os.path.join(path, name)
         if not os.path.exists(p):
             return {}
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return read_npz(p, f"{name} (re-run `phasespace run` on the sweep to rewrite it)")
 
     return SweepResult(
         path=path,

@@ -183,7 +183,8 @@ TREND_LEVEL = 0.05
 STATUS_MEANING = {
     "fitted": "logistic fit of the label on α: α* ± standard error",
     "no trend": "no significant dependence of the label on α; α* not estimated",
-    "separable": "the labels split perfectly along α; α* is the middle of the gap",
+    "separable": "the labels split along α (overlapping at one α value at most), so no finite fit "
+    "exists; α* is where the boundary tends to: the middle of the gap, or the shared α",
     "one class": "every network has the same label; no α*",
     "one α value": "every network has the same α; no α*",
     "too few": "fewer than two networks; no α*",
@@ -552,6 +553,8 @@ def phase_arrays(
           "d_model_bin")`` (``dims__transition``), field in :data:`TRANSITION_FIELDS`, from
           :func:`fit_transition` of the label on α within each family and width bin
           (``status`` as a str array of :data:`STATUS` names);
+        * ``binned__left_out__count`` (G, n_w, n_a): networks left out of every cell and fit
+          because they collapsed or diverged (:func:`phasespace.analysis.classify.left_out`);
         * ``options`` (JSON string of the binning options and thresholds used).
     """
     opts = dict(PHASE_DEFAULTS)
@@ -604,8 +607,13 @@ def phase_arrays(
     cols.update(labels)
     circ_col = np.where(np.isfinite(np.asarray(runs["circularity"], dtype=np.float64)), circ, np.nan)
     cols["circular"] = circ_col.astype(np.float64)
+    left = classify.left_out(runs)  # collapsed / diverged: out of every cell and fit, counted
+    ok = (wi >= 0) & (ai >= 0)
+    left_count = np.zeros(shape, np.int64)
+    np.add.at(left_count, (fam[left & ok], wi[left & ok], ai[left & ok]), 1)
+    out["binned__left_out__count"] = left_count
     for subset in SUBSETS:
-        sel = np.ones(len(width), bool) if subset == "all" else circ
+        sel = ~left if subset == "all" else circ & ~left
         idx = (fam, np.where(sel, wi, -1), ai)
         for m, v in cols.items():
             for stat, arr in binned_stats(v, idx, shape).items():

@@ -126,8 +126,9 @@ def sweep_run_name(index: int) -> str:
 def _load_npz(path: str) -> dict[str, np.ndarray] | None:
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return store.read_npz(
+        path, f"{os.path.basename(path)} (re-run `phasespace run` on the sweep to rewrite it)"
+    )
 
 
 def _row_slice(arrays: Mapping[str, np.ndarray] | None, pos: int) -> dict[str, np.ndarray] | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from phasespace.analysis import classify
 from phasespace.analysis.circuits import CircuitOptions, circuit_columns
 from phasespace.analysis.faults import describe_flags
 from phasespace.io import store
@@ -212,7 +213,7 @@ def write_figures(
 
 def write_results(
     out_dir: str,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
     spec: SweepSpec | None,
     histories: Sequence[History] = (),
@@ -234,6 +235,8 @@ def write_results(
         key: the column naming the rows in ``analysis.npz`` (``run`` for reference checkpoints).
     """
     n = len(rows)
+    if spec is not None:  # the class of every row under this spec's thresholds (a re-run may change them)
+        classify.classify_rows(rows, spec.analysis)
     write_array_metrics(os.path.join(out_dir, ARRAYS_FILE), rows, key)
     tracked = [(idx, h["metrics_history"]) for idx, h in histories if "metrics_history" in h]
     if tracked:

@@ -39,7 +39,6 @@ from phasespace.spec.parse import (
 )
 from phasespace.sweep.derived import RUNS_FILE, array_metrics, metric_values, write_results
 from phasespace.tasks import train_mask
-from phasespace.training.step import label_collapsed
 
 REFERENCE_COLUMNS = (
     "run",
@@ -250,7 +249,6 @@ def analyze_sweep(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> 
         for j, index in enumerate(b.index):
             row = rows[pos[int(index)]]
             row.update(metric_values(scalars, arrays, j))
-            label_collapsed(row)  # collapse is a training record: the class stays "collapsed"
     write_results(sweep_dir, rows, table_columns(rows, header), spec)
     return rows
 

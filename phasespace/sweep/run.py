@@ -35,7 +35,7 @@ from phasespace.training import placement
 from phasespace.training.loop import train_population
 from phasespace.training.memory import Plan, plan_training
 from phasespace.training.program import effective_precision
-from phasespace.training.step import TrainState, compiled_init, label_collapsed, run_record
+from phasespace.training.step import TrainState, compiled_init, run_record
 
 
 def environment(spec: SweepSpec) -> dict[str, Any]:
@@ -294,7 +294,6 @@ def bucket_rows(
         row: dict[str, Any] = {"index": net.index, "bucket": run.bucket.key, **net.row_values()}
         row.update(metric_values(scalars, arrays, i))
         row.update({k: v[i] for k, v in record.items()})
-        label_collapsed(row)  # a collapsed network is never labelled Clock or Pizza
         row["precision"] = precision
         row["compute"] = compute
         rows.append(row)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from phasespace.defaults import ALGORITHMS, COLLAPSE_DROP, FULL_ACCURACY, RECIPE_DEFAULTS
+from phasespace.defaults import COLLAPSE_DROP, FULL_ACCURACY, RECIPE_DEFAULTS
 from phasespace.models.fast import logits_table
 from phasespace.models.transformer import TransformerArch
 from phasespace.spec.networks import Recipe
@@ -402,15 +402,6 @@ def run_record(state: TrainState, final: Mapping[str, Any]) -> dict[str, np.ndar
     return {k: out[k] for k in RECORD_COLUMNS}
 
 
-def label_collapsed(row: dict[str, Any]) -> None:
-    """A collapsed network (``row["collapsed"]``, :func:`run_record`) is never labelled Clock or
-    Pizza: its ``algorithm`` becomes ``"collapsed"`` (and ``algorithm_code`` its index in
-    :data:`~phasespace.defaults.ALGORITHMS`), in place; other rows are left as they are."""
-    if row.get("collapsed", False):
-        row["algorithm"], row["algorithm_code"] = "collapsed", ALGORITHMS.index("collapsed")
-
-
-@functools.lru_cache(maxsize=64)
 @functools.lru_cache(maxsize=64)
 def compiled_init(recipe: Recipe):
     return jax.jit(jax.vmap(functools.partial(init_state, recipe)))
