@@ -444,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (SpecError, OSError, ValueError) as e:
             print(f"phasespace: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(
+                "phasespace: interrupted; the same command resumes from the last checkpoint",
+                file=sys.stderr,
+            )
+            return 130
 
 
 if __name__ == "__main__":

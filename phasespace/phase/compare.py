@@ -280,6 +280,13 @@ def compare(
             va, vb = (np.unique(np.asarray(x[key])) for x in (sa, sb))
             if len(va) and len(vb) and (len(va) != len(vb) or np.any(va != vb)):
                 notes.append(f"{key} differs: A {_values(va)}; B {_values(vb)}")
+    na, nb = (p["binned__all__gradient_symmetricity__count"].sum(axis=(0, 2)) for p in (pa, pb))
+    if na.sum() and nb.sum() and not np.any((na > 0) & (nb > 0)):
+        wa, wb = (_values(np.unique(np.asarray(x["d_model"]))) for x in (sa, sb))
+        notes.append(
+            f"no width bin holds networks of both sides (d_model A {wa}; B {wb}): nothing to compare "
+            "side by side; compare a sweep whose widths overlap the table's"
+        )
     return Comparison(names, (ca, cb), (pa, pb), diff, {**opts, **classify.thresholds(thresholds)}, notes)
 
 
