@@ -169,12 +169,9 @@ def check_sweep_dir(out_dir: str, spec: SweepSpec) -> bool:
     if not os.path.exists(path):
         return os.path.isdir(os.path.join(out_dir, "checkpoints"))
     try:
-        with open(path) as f:
-            stored = json.load(f)
-        if not isinstance(stored, dict):
-            raise ValueError("not a JSON object")
+        stored = store.read_json_object(path)
     except (OSError, ValueError) as e:
-        raise ResumeError(f"{path}: cannot read the stored spec ({e}); refusing to resume into it") from e
+        raise ResumeError(f"cannot read the stored spec ({e}); refusing to resume into it") from e
     diff = spec_diff(resume_fields(stored), resume_fields(spec))
     if diff:
         raise _refuse(f"the sweep directory {out_dir!r}", diff)

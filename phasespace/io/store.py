@@ -400,11 +400,7 @@ def load_sweep(path: str) -> SweepResult:
         p = os.path.join(path, name)
         if not os.path.exists(p):
             return {}
-        with open(p) as f:
-            try:
-                return json.load(f)
-            except ValueError as e:
-                raise ValueError(f"{p}: not readable JSON, truncated or corrupt ({e})") from None
+        return read_json_object(p)
 
     def load_npz(name: str) -> dict[str, np.ndarray]:
         p = os.path.join(path, name)
@@ -420,6 +416,23 @@ def load_sweep(path: str) -> SweepResult:
         phase=load_npz("phase.npz"),
         history=load_npz("history.npz"),
     )
+
+
+def read_json_object(path: str) -> dict[str, Any]:
+    """A JSON file holding one object (a sweep's ``spec.json``, ``environment.json``, …).
+
+    Raises:
+        FileNotFoundError: if ``path`` is missing.
+        ValueError: naming the file, if it is not readable JSON or not an object.
+    """
+    with open(path) as f:
+        try:
+            obj = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not readable JSON, truncated or corrupt ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: a JSON {type(obj).__name__}, expected an object")
+    return obj
 
 
 def read_npz(path: str, what: str = "file") -> dict[str, np.ndarray]:

@@ -249,3 +249,15 @@ def write_results(
         store.write_npz(os.path.join(out_dir, PHASE_FILE), arrays)
         write_figures(out_dir, spec, runs, arrays, binned)
     store.write_csv(os.path.join(out_dir, RUNS_FILE), list(columns), rows)
+
+
+def load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
+    """The metrics recorded along training saved beside a bucket's checkpoints, keeping steps
+    ≤ ``upto`` (empty if none were saved)."""
+    path = os.path.join(directory, METRICS_HISTORY_FILE)
+    if not os.path.exists(path):
+        return {"step": np.zeros(0, np.int64)}
+    with np.load(path) as z:
+        saved = {k: z[k] for k in z.files}
+    keep = saved["step"] <= upto
+    return {k: (v[keep] if k == "step" else v[:, keep]) for k, v in saved.items()}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -180,13 +179,7 @@ def stored_spec(sweep_dir: str, analysis: Mapping[str, Any] | None = None) -> Sw
     path = os.path.join(sweep_dir, "spec.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        try:
-            raw = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path}: not a readable JSON spec, truncated or corrupt ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a JSON {type(raw).__name__}, expected the sweep's spec")
+    raw = store.read_json_object(path)
     raw.pop("shard", None)  # a shard's record (phasespace.sweep.shard)
     raw["analysis"] = {**raw.get("analysis", {}), **(analysis or {})}
     return spec_from_dict(raw)

@@ -30,7 +30,13 @@ from phasespace.spec.expand import expand
 from phasespace.spec.networks import Network, Recipe
 from phasespace.spec.parse import SweepSpec, check_sweep_name, parse_bytes
 from phasespace.sweep import segments
-from phasespace.sweep.derived import METRICS_HISTORY_FILE, metric_values, runs_columns, write_results
+from phasespace.sweep.derived import (
+    METRICS_HISTORY_FILE,
+    load_metrics_history,
+    metric_values,
+    runs_columns,
+    write_results,
+)
 from phasespace.training import placement
 from phasespace.training.loop import train_population
 from phasespace.training.memory import Plan, plan_training
@@ -479,18 +485,6 @@ def environment_record(
             padding["padded_flops_per_step"] * steps / n_networks / wall if steps else None
         ),
     }
-
-
-def load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
-    """The metrics recorded along training saved beside a bucket's checkpoints, keeping steps
-    ≤ ``upto`` (empty if none were saved)."""
-    path = os.path.join(directory, METRICS_HISTORY_FILE)
-    if not os.path.exists(path):
-        return {"step": np.zeros(0, np.int64)}
-    with np.load(path) as z:
-        saved = {k: z[k] for k in z.files}
-    keep = saved["step"] <= upto
-    return {k: (v[keep] if k == "step" else v[:, keep]) for k, v in saved.items()}
 
 
 def default_out_dir(spec: SweepSpec) -> str:

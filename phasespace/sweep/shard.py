@@ -39,7 +39,7 @@ from phasespace.population.flops import step_flops
 from phasespace.spec.expand import expand
 from phasespace.spec.networks import Network
 from phasespace.spec.parse import SweepSpec, spec_from_dict
-from phasespace.sweep.derived import METRICS_HISTORY_FILE, runs_columns, write_results
+from phasespace.sweep.derived import load_metrics_history, runs_columns, write_results
 
 SHARD_KEY = "shard"
 """Key of the shard record in a shard directory's ``spec.json``."""
@@ -270,12 +270,9 @@ def read_stored_spec(sweep_dir: str) -> tuple[SweepSpec, Mapping[str, Any] | Non
     """
     path = os.path.join(sweep_dir, "spec.json")
     try:
-        with open(path) as f:
-            stored = json.load(f)
-        if not isinstance(stored, dict):
-            raise ValueError("not a JSON object")
+        stored = store.read_json_object(path)
     except (OSError, ValueError) as e:
-        raise ShardError(f"{sweep_dir}: cannot read {path} ({e}); not a sweep directory") from None
+        raise ShardError(f"{sweep_dir}: cannot read its spec ({e}); not a sweep directory") from None
     record = stored.pop(SHARD_KEY, None)
     spec = spec_from_dict(stored)
     if record is None:
@@ -313,17 +310,6 @@ def _indices(idx: Sequence[int], limit: int = 20) -> str:
     return text + (f", … ({len(idx) - limit} more)" if len(idx) > limit else "")
 
 
-def _load_metrics_history(directory: str, upto: int) -> dict[str, np.ndarray]:
-    """The metrics along training recorded beside a bucket's checkpoints, steps ≤ ``upto``."""
-    path = os.path.join(directory, METRICS_HISTORY_FILE)
-    if not os.path.exists(path):
-        return {"step": np.zeros(0, np.int64)}
-    with np.load(path) as z:
-        saved = {k: z[k] for k in z.files}
-    keep = saved["step"] <= upto
-    return {k: (v[keep] if k == "step" else v[:, keep]) for k, v in saved.items()}
-
-
 def _read_part(path: str) -> _Part:
     """A shard directory's finished buckets: their recorded rows and histories (read only)."""
     if not os.path.isdir(path):
@@ -359,7 +345,7 @@ def _read_part(path: str) -> _Part:
         history = dict(history)
         if every > 0:
             steps = spec.recipe_for(family(b.arch)).steps
-            history["metrics_history"] = _load_metrics_history(ckpt.directory, steps)
+            history["metrics_history"] = load_metrics_history(ckpt.directory, steps)
         part.rows.extend(rows)
         part.histories.append(([n.index for n in b.networks], history))
     return part

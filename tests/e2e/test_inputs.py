@@ -364,7 +364,7 @@ def test_analyze_with_a_damaged_spec_or_foreign_params_is_a_one_line_error(tmp_p
     out = _copy(finished, tmp_path / "sweep")
     (out / "spec.json").write_text('{"name": "tin')
     assert main(["analyze", str(out)]) == 2
-    _one_line_error(capsys, str(out / "spec.json"), "not a readable JSON spec")
+    _one_line_error(capsys, str(out / "spec.json"), "not readable JSON")
     os.remove(out / "spec.json")
     (out / "runs.csv").write_text("index,bucket\n5,x\n")
     assert main(["analyze", str(out)]) == 2
