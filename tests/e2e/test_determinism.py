@@ -253,6 +253,7 @@ def test_cpu_devices_contradicting_xla_flags_is_an_error(tmp_path, capsys, monke
         placement.use_cpu_devices()
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_a_network_does_not_depend_on_the_others_trained_or_analysed_with_it():
     """The same network trained and analysed alone, with one other network or in a population of
     six (two widths, zero-padded to one bucket): bit-identical parameters, curves and metrics

@@ -243,6 +243,7 @@ def test_compare_on_an_empty_or_foreign_csv_is_a_one_line_error(tmp_path, capsys
     _one_line_error(capsys, str(path), fragment)
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_a_corrupt_checkpoint_falls_back_without_event_loop_tracebacks(tmp_path, finished):
     import glob
     import subprocess

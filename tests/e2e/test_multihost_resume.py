@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from phasespace.io.store import read_csv
 
@@ -94,6 +95,7 @@ def _run(tmp, kill: str, out: str, processes: int) -> list[tuple[int, str]]:
                 p.kill()
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_two_processes_killed_and_resumed(tmp_path):
     tmp = str(tmp_path)
     with open(os.path.join(tmp, "hosts.toml"), "w") as f:

@@ -31,6 +31,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_four_devices_give_the_same_results_as_one(tmp_path):
     """6 networks on 4 CPU devices (2, 2 and 2 per device) vs on 1 device: bit-identical
     parameters, histories and metrics (every device runs the same one-device program)."""
@@ -78,6 +79,7 @@ n_triples = 10
 """
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_two_processes_split_one_sweep_into_one_table(tmp_path):
     """Two jax.distributed processes on 127.0.0.1 train one sweep (9 networks, padded to 10 over
     the 2 processes' devices) and process 0 writes ONE table, equal to a single-process run."""

@@ -489,6 +489,7 @@ def test_wrong_leaf_shape_is_corrupt_and_other_spec_is_refused(tmp_path):
     assert os.path.isdir(tmp_path / "b2" / "20")  # a refusal never moves a checkpoint aside
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_metrics_along_training_survive_a_kill(work):
     """With ``[analysis] every``, the metrics recorded along training are checkpointed with the
     state: kill after the step-40 checkpoint, resume, and metrics_history.npz equals an
