@@ -4,7 +4,6 @@ parameter layout."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -112,15 +111,10 @@ def read_reference_config(path: str) -> dict[str, Any]:
     Raises:
         CheckpointError: naming the file if it is not a JSON object.
     """
-    with open(path, "rb") as f:
-        raw = f.read()
     try:
-        cfg = json.loads(raw)
+        return store.read_json_object(path)
     except ValueError as e:
-        raise CheckpointError(f"{path}: not a readable JSON config, truncated or corrupt ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: a JSON {type(cfg).__name__}, expected a config object")
-    return cfg
+        raise CheckpointError(f"reference config: {e}") from None
 
 
 def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch:

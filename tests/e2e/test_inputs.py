@@ -213,7 +213,7 @@ def test_a_truncated_reference_checkpoint_is_a_one_line_error(tmp_path, capsys, 
     config = str(folder / (run + ".json"))
     _truncate(config)
     assert main(["reference", str(folder)]) == 2
-    _one_line_error(capsys, config, "not a readable JSON config")
+    _one_line_error(capsys, config, "reference config:", "not readable JSON")
 
 
 def test_analyze_on_a_foreign_runs_csv_is_a_one_line_error(tmp_path, capsys, finished):
