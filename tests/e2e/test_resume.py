@@ -108,6 +108,7 @@ def assert_same_results(a, b):
                 assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), (name, k)
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_kill_at_many_points_then_resume_gives_the_uninterrupted_results(work):
     """One sweep directory killed five times in a row, each resume continuing the last."""
     out = work.root / "killed"

@@ -128,6 +128,7 @@ SCALARS = (
 )
 
 
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
 def test_variant_sweep_metrics_finite(variant_sweep):
     runs = variant_sweep.runs
     for k in SCALARS:
