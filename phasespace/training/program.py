@@ -118,6 +118,22 @@ def compiled_sharded_chunk(
     return lowered_sharded_chunk(arch, recipe, n_steps, layout, n_padded).compile()
 
 
+def _lower(
+    jitted: Any, arch: TransformerArch, recipe: Recipe, n: int, per_network: Any, replicated: Any
+) -> Any:
+    """Lower a training chunk ``fn(state, hp, tokens, labels)`` for ``n`` networks: the state and
+    hyperparameters (run axis n) placed by ``per_network``, the p² token table and labels by
+    ``replicated``."""
+    state1, hp1 = _one_state_shape(arch, recipe)
+    n_pairs, n_ctx = arch.p * arch.p, arch.n_ctx
+    return jitted.lower(
+        _struct(state1, n, per_network),
+        _struct(hp1, n, per_network),
+        jax.ShapeDtypeStruct((n_pairs, n_ctx), jnp.int32, sharding=replicated),
+        jax.ShapeDtypeStruct((n_pairs,), jnp.int32, sharding=replicated),
+    )
+
+
 def lowered_sharded_chunk(
     arch: TransformerArch, recipe: Recipe, n_steps: int, layout: placement.Layout, n_padded: int
 ) -> Any:
@@ -133,14 +149,7 @@ def lowered_sharded_chunk(
     fn = placement.sharded_map(one, mesh, layout.group_size, n_sharded=2, n_replicated=2)
     jitted = jax.jit(fn, donate_argnums=(0,))
     runs, rep = NamedSharding(mesh, P(placement.AXIS)), NamedSharding(mesh, P())
-    state1, hp1 = _one_state_shape(arch, recipe)
-    n_pairs, n_ctx = arch.p * arch.p, arch.n_ctx
-    return jitted.lower(
-        _struct(state1, n_padded, runs),
-        _struct(hp1, n_padded, runs),
-        jax.ShapeDtypeStruct((n_pairs, n_ctx), jnp.int32, sharding=rep),
-        jax.ShapeDtypeStruct((n_pairs,), jnp.int32, sharding=rep),
-    )
+    return _lower(jitted, arch, recipe, n_padded, runs, rep)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -169,15 +178,8 @@ def lowered_device_chunk(
     Call the compiled program as ``fn(state, hp, tokens, labels)`` with arrays on ``device``
     (``state`` is donated)."""
     sharding = jax.sharding.SingleDeviceSharding(device)
-    state1, hp1 = _one_state_shape(arch, recipe)
     jitted = _jitted_device_chunk(arch, recipe, n_steps, min(group_size, n_local), device.platform)
-    n_pairs, n_ctx = arch.p * arch.p, arch.n_ctx
-    return jitted.lower(
-        _struct(state1, n_local, sharding),
-        _struct(hp1, n_local, sharding),
-        jax.ShapeDtypeStruct((n_pairs, n_ctx), jnp.int32, sharding=sharding),
-        jax.ShapeDtypeStruct((n_pairs,), jnp.int32, sharding=sharding),
-    )
+    return _lower(jitted, arch, recipe, n_local, sharding, sharding)
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,6 +18,7 @@ from phasespace.io.table import column_dtype
 from phasespace.spec.parse import AXES
 from phasespace.sweep.derived import RUN_COLUMNS
 from phasespace.sweep.reanalyze import analyze_sweep
+from tests.helpers import run_spec
 
 TINY = """
 name = "tiny"
@@ -35,12 +36,7 @@ log_every = 10
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sweep")
-    spec = d / "tiny.toml"
-    spec.write_text(TINY)
-    out = d / "out"
-    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
-    return out
+    return run_spec(tmp_path_factory.mktemp("sweep"), TINY)
 
 
 def test_sweep_directory_contents(tiny_sweep):

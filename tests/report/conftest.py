@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from phasespace.cli import main
+from tests.helpers import run_spec
 
 TINY = """
 name = "tiny_report"
@@ -25,9 +25,4 @@ every = 20
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report_sweep")
-    spec = d / "tiny.toml"
-    spec.write_text(TINY)
-    out = d / "out"
-    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
-    return out
+    return run_spec(tmp_path_factory.mktemp("report_sweep"), TINY)
