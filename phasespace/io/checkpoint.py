@@ -181,12 +181,18 @@ def check_sweep_dir(out_dir: str, spec: SweepSpec) -> bool:
 @contextlib.contextmanager
 def sweep_lock(out_dir: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<out_dir>/.phasespace.lock`` (released on exit or kill).
-    A directory this call created and left holding only the lock is removed on exit.
+    A directory this call created and left holding only the lock is removed on exit, with the
+    parent folders it created for it (e.g. ``runs/``) that are left empty.
 
     Raises:
         ResumeError: if another process holds it (naming its pid).
     """
-    created = not os.path.isdir(out_dir)
+    new_dirs = []  # out_dir and the ancestors makedirs is about to create, innermost first
+    d = os.path.abspath(out_dir)
+    while not os.path.isdir(d):
+        new_dirs.append(d)
+        d = os.path.dirname(d)
+    created = bool(new_dirs)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, ".phasespace.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -207,7 +213,8 @@ def sweep_lock(out_dir: str) -> Iterator[None]:
             # spec then starts afresh on the same --out)
             with contextlib.suppress(OSError):
                 os.unlink(path)
-                os.rmdir(out_dir)
+                for d in new_dirs:  # stops at the first that is not empty
+                    os.rmdir(d)
         os.close(fd)
 
 
