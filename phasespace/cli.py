@@ -203,15 +203,23 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         "circularity",
         "param_norm",
     ]
-    widths = [max(12, len(c)) for c in cols]
-    print(" ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        cells = (
-            f"{r[c]:>{w}.5g}" if isinstance(r[c], (float, np.floating)) else f"{r[c]!s:>{w}}"
-            for c, w in zip(cols, widths, strict=True)
-        )
-        print(" ".join(cells))
+    print_rows(rows, cols)
     return 0
+
+
+def print_rows(rows: list[dict], cols: list[str], extra: tuple[str, list[str]] | None = None) -> None:
+    """Print ``rows`` as a table of ``cols`` with full column names (each column as wide as its
+    name, at least 12 characters; floats to 5 significant digits); ``extra`` = (title, one
+    string per row) adds a last, left-aligned column."""
+    widths = [max(12, len(c)) for c in cols]
+    head = " ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))
+    print(head + (f"  {extra[0]}" if extra else ""))
+    for i, r in enumerate(rows):
+        cells = (
+            f"{v:>{w}.5g}" if isinstance(v, (float, np.floating)) else f"{v!s:>{w}}"
+            for v, w in ((r.get(c, ""), w) for c, w in zip(cols, widths, strict=True))
+        )
+        print(" ".join(cells) + (f"  {extra[1][i]}" if extra else ""))
 
 
 def _device_options(p: argparse.ArgumentParser) -> None:
@@ -265,15 +273,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         "circles_accuracy",
         "algorithm",
     ]
-    print(" ".join(f"{c[:12]:>12}" for c in cols) + "  circles k (δ)")
+    circles = []
     for r in rows:
         ks = [(r.get(f"circle{i}_k", np.nan), r.get(f"circle{i}_delta", np.nan)) for i in range(1, 13)]
-        circ = ", ".join(f"{int(k)} ({int(d)})" for k, d in ks if np.isfinite(k) and k > 0)
-        vals = [r.get(c, "") for c in cols]
-        print(
-            " ".join(f"{v:>12.5g}" if isinstance(v, (float, np.floating)) else f"{v!s:>12}" for v in vals)
-            + f"  {circ}"
-        )
+        circles.append(", ".join(f"{int(k)} ({int(d)})" for k, d in ks if np.isfinite(k) and k > 0))
+    print_rows(rows, cols, ("circles k (δ)", circles))
     print(f"-> {os.path.join(out, 'runs.csv')}")
     return 0
 

@@ -73,3 +73,15 @@ def test_run_summary_explains_itself():
     # α = 0: 2 networks, mean test accuracy 0.75, circular fraction 0.5, Clock 0, Pizza 1, non-circular 1
     assert row0[:3] == ["0.000", "2", "0.7500"] and row0[6] == "0.50"
     assert lines[-1].split()[0] == "none"  # the network without attention (α NaN) gets its own row
+
+
+def test_printed_tables_keep_full_column_names(capsys):
+    """`analyze` and `reference` print every column under its full name, values aligned under it."""
+    from phasespace.cli import print_rows
+
+    rows = [{"run": "p99zdpze5l", "gradient_symmetricity": 0.99367, "circles_accuracy": 1.0}]
+    print_rows(rows, ["run", "gradient_symmetricity", "circles_accuracy"], ("circles k (δ)", ["17 (7)"]))
+    head, line = capsys.readouterr().out.splitlines()
+    assert head.split() == ["run", "gradient_symmetricity", "circles_accuracy", "circles", "k", "(δ)"]
+    assert line.split() == ["p99zdpze5l", "0.99367", "1", "17", "(7)"]
+    assert head.index("gradient_symmetricity") + len("gradient_symmetricity") == line.index("0.99367") + 7
