@@ -25,8 +25,8 @@ MODEL_FAMILIES: dict[str, str | None] = {
 ATTENTION_FAMILIES = ("transformer",)
 """Families whose networks have attention, and so an attention rate α (SPEC §2)."""
 
-ACTIVATIONS = ("relu", "gelu")
-"""MLP nonlinearities of the reference code (SPEC §2)."""
+ACTIVATIONS = ("relu", "gelu", "tanh")
+"""MLP nonlinearities of the reference code (SPEC §2; its ``act_fn`` "ReLU", "GeLU", "Tanh")."""
 
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 """Matmul precision modes of training (``[train] precision``); float32 is exact."""

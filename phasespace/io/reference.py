@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phasespace.defaults import ACTIVATIONS
 from phasespace.io import store
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
 from phasespace.models.transformer import TransformerArch
@@ -133,8 +134,8 @@ def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch:
     diff_vocab = bool(cfg.get("diff_vocab") or False)
     eqn_sign = bool(cfg.get("eqn_sign") or False)
     act = str(cfg.get("act_fn", "ReLU")).lower()
-    if act not in ("relu", "gelu"):
-        raise CheckpointError(f"act_fn={cfg.get('act_fn')!r}: expected 'ReLU' or 'GeLU'")
+    if act not in ACTIVATIONS:
+        raise CheckpointError(f"act_fn={cfg.get('act_fn')!r}: expected 'ReLU', 'GeLU' or 'Tanh'")
     return TransformerArch(
         p=p,
         d_model=int(cfg["d_model"]),
