@@ -18,9 +18,11 @@ MODEL_FAMILIES: dict[str, str | None] = {
     "mlp_beta": "B",
     "mlp_gamma": "C",
     "mlp_delta": "D",
+    "linearformer": None,
 }
 """Model family name (the sweep axis ``model``) → reference key of the appendix MLP model
-(SPEC §3; ``None`` for the transformer)."""
+(SPEC §3; ``None`` for the families of the reference's main training script: the transformer and
+its attention-free "Linearformer", ``use_linear``, which share the transformer's recipe)."""
 
 ATTENTION_FAMILIES = ("transformer",)
 """Families whose networks have attention, and so an attention rate α (SPEC §2)."""
