@@ -22,7 +22,6 @@ CASES = [
     (TransformerArch(p=13, d_model=8), 8),
     (TransformerArch(p=7, d_model=20, act="gelu"), 14),
     (TransformerArch(p=5, d_model=16, diff_vocab=True), 12),
-    (TransformerArch(p=7, d_model=16, act="tanh"), 16),
     (TransformerArch(p=5, d_model=16, act="tanh", diff_vocab=True), 10),
 ]
 
@@ -82,10 +81,10 @@ def test_fast_matches_plain_logits_and_gradients(arch, true_width):
             np.testing.assert_array_equal(np.asarray(gf)[np.asarray(gp) == 0], 0.0, err_msg=msg)
 
 
-@pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
-def test_fast_logits_match_float64_reference(act):
-    """The fast path's logit table equals the float64 NumPy transcription of SPEC §2 (padded
-    bucket 16, true width 12, non-zero biases, α = 0.4)."""
+def test_fast_tanh_logits_match_float64_reference():
+    """The fast path's tanh logit table equals the float64 NumPy transcription of SPEC §2 (padded
+    bucket 16, true width 12, non-zero biases, α = 0.4; ReLU and GeLU: the plain model's tests)."""
+    act = "tanh"
     arch = TransformerArch(p=7, d_model=16, act=act)
     params, scale = _network(arch, 12)
     tokens, _ = all_pairs(arch.task)

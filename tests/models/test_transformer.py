@@ -21,7 +21,6 @@ def _one(params):
         (TransformerArch(p=7, d_model=18, act="gelu"), 0.37),  # width not divisible by 4
         (TransformerArch(p=5, d_model=12, n_layers=3), 0.5),
         (TransformerArch(p=5, d_model=8, n_layers=2, diff_vocab=True, eqn_sign=True), 0.8),
-        (TransformerArch(p=7, d_model=18, act="tanh"), 0.6),
         (TransformerArch(p=5, d_model=12, n_layers=2, act="tanh", eqn_sign=True), 0.2),
     ],
 )
