@@ -18,15 +18,17 @@ MODEL_FAMILIES: dict[str, str | None] = {
     "mlp_beta": "B",
     "mlp_gamma": "C",
     "mlp_delta": "D",
+    "linearformer": None,
 }
 """Model family name (the sweep axis ``model``) → reference key of the appendix MLP model
-(SPEC §3; ``None`` for the transformer)."""
+(SPEC §3; ``None`` for the families of the reference's main training script: the transformer and
+its attention-free "Linearformer", ``use_linear``, which share the transformer's recipe)."""
 
 ATTENTION_FAMILIES = ("transformer",)
 """Families whose networks have attention, and so an attention rate α (SPEC §2)."""
 
-ACTIVATIONS = ("relu", "gelu")
-"""MLP nonlinearities of the reference code (SPEC §2)."""
+ACTIVATIONS = ("relu", "gelu", "tanh")
+"""MLP nonlinearities of the reference code (SPEC §2; its ``act_fn`` "ReLU", "GeLU", "Tanh")."""
 
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 """Matmul precision modes of training (``[train] precision``); float32 is exact."""

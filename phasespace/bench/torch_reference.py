@@ -59,7 +59,8 @@ class RefTransformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         pre = torch.einsum("md,bpd->bpm", self.W_in, x) + self.b_in
-        post = torch.relu(pre) if self.act == "relu" else torch.nn.functional.gelu(pre)
+        acts = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "tanh": torch.tanh}
+        post = acts[self.act](pre)
         x = x + torch.einsum("dm,bpm->bpd", self.W_out, post) + self.b_out
         return x[:, -1] @ self.W_U
 

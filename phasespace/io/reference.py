@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phasespace.defaults import ACTIVATIONS
 from phasespace.io import store
+from phasespace.models.linearformer import LinearformerArch
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
 from phasespace.models.transformer import TransformerArch
 
@@ -117,9 +119,11 @@ def read_reference_config(path: str) -> dict[str, Any]:
         raise CheckpointError(f"reference config: {e}") from None
 
 
-def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch:
+def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch | LinearformerArch:
     """:class:`TransformerArch` of a reference transformer config (``C``, ``d_model``,
-    ``n_layers``, ``n_heads``, ``act_fn``, ``diff_vocab``, ``eqn_sign``).
+    ``n_layers``, ``n_heads``, ``act_fn``, ``diff_vocab``, ``eqn_sign``), or
+    :class:`~phasespace.models.linearformer.LinearformerArch` when it sets ``use_linear`` (the
+    reference's ``Linearformer``; ``n_heads`` and ``attn_coeff`` unused).
 
     Raises:
         CheckpointError: for an MLP-model config (``model_type`` set) or an unknown ``act_fn``.
@@ -133,8 +137,17 @@ def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch:
     diff_vocab = bool(cfg.get("diff_vocab") or False)
     eqn_sign = bool(cfg.get("eqn_sign") or False)
     act = str(cfg.get("act_fn", "ReLU")).lower()
-    if act not in ("relu", "gelu"):
-        raise CheckpointError(f"act_fn={cfg.get('act_fn')!r}: expected 'ReLU' or 'GeLU'")
+    if act not in ACTIVATIONS:
+        raise CheckpointError(f"act_fn={cfg.get('act_fn')!r}: expected 'ReLU', 'GeLU' or 'Tanh'")
+    if cfg.get("use_linear"):
+        return LinearformerArch(
+            p=p,
+            d_model=int(cfg["d_model"]),
+            n_layers=int(cfg.get("n_layers", 1)),
+            act=act,
+            diff_vocab=diff_vocab,
+            eqn_sign=eqn_sign,
+        )
     return TransformerArch(
         p=p,
         d_model=int(cfg["d_model"]),
@@ -195,10 +208,41 @@ def transformer_params_from_state_dict(state: dict[str, np.ndarray], arch: Trans
     return {"params": params}
 
 
+def linearformer_params_from_state_dict(
+    state: dict[str, np.ndarray], arch: LinearformerArch
+) -> dict[str, Any]:
+    """Map a reference ``Linearformer`` ``state_dict`` (``embed.W_E`` (e, V), ``unembed.W_U``
+    (d, V), ``blocks.N.W_in`` (d, d), ``blocks.N.b_in`` (d,)) to the engine's Flax tree (same
+    shapes, :mod:`phasespace.models.linearformer`).
+
+    Returns:
+        ``{"params": {...}}`` of float32 NumPy arrays, one network, no run axis.
+
+    Raises:
+        CheckpointError: naming the key, the expected and the found shape, for a missing key, an
+            unexpected key or a shape mismatch.
+    """
+    d, v = arch.d_model, arch.vocab
+    expected: dict[str, tuple[int, ...]] = {"embed.W_E": (arch.d_embed, v), "unembed.W_U": (d, v)}
+    for i in range(arch.n_layers):
+        expected[f"blocks.{i}.W_in"] = (d, d)
+        expected[f"blocks.{i}.b_in"] = (d,)
+    check_state_shapes(state, expected, arch)
+
+    def f32(key: str) -> np.ndarray:
+        return np.asarray(state[key], dtype=np.float32)
+
+    params: dict[str, Any] = {"W_E": f32("embed.W_E"), "W_U": f32("unembed.W_U")}
+    for i in range(arch.n_layers):
+        params[f"blocks_{i}"] = {"W_in": f32(f"blocks.{i}.W_in"), "b_in": f32(f"blocks.{i}.b_in")}
+    return {"params": params}
+
+
 def load_reference_transformer(
     npz_path: str, config_path: str | None = None
-) -> tuple[TransformerArch, dict[str, Any], dict[str, Any]]:
-    """Load a released reference transformer checkpoint.
+) -> tuple[TransformerArch | LinearformerArch, dict[str, Any], dict[str, Any]]:
+    """Load a released reference transformer checkpoint (or a ``Linearformer`` one, config
+    ``use_linear``).
 
     Args:
         npz_path: ``<runid>.npz``.
@@ -217,6 +261,8 @@ def load_reference_transformer(
     cfg = read_reference_config(config_path)
     arch = arch_from_reference_config(cfg)
     state = read_npz(npz_path)
+    if isinstance(arch, LinearformerArch):
+        return arch, linearformer_params_from_state_dict(state, arch), cfg
     return arch, transformer_params_from_state_dict(state, arch), cfg
 
 
@@ -235,7 +281,7 @@ def arch_from_reference_mlp_config(cfg: dict[str, Any]) -> MLPArch:
 
 def load_reference_checkpoint(
     npz_path: str, config_path: str | None = None
-) -> tuple[TransformerArch | MLPArch, dict[str, Any], dict[str, Any]]:
+) -> tuple[TransformerArch | MLPArch | LinearformerArch, dict[str, Any], dict[str, Any]]:
     """Load any released reference checkpoint: a transformer or an appendix MLP model (config
     with ``model_type``, keys ``embed.weight`` (p, e), ``unembed.weight`` (p, d_hidden),
     ``l1.*``, ``l2.*``; SPEC §3).

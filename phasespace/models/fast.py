@@ -23,7 +23,7 @@ Per pair this costs 2·H·(d_mlp + V) multiply-adds of mixing, the nonlinearity 
 d_mlp → V product (or d_mlp → d → V), instead of every projection on p² rows
 (:mod:`phasespace.population.flops` counts both). The mixing has a hand-written backward pass (one
 contraction per cotangent). The result equals the plain model's to float32
-rounding: ``tests/models/test_fast.py`` checks logits and gradients for ReLU and GeLU, α ∈ {0, 0.3, 1},
+rounding: ``tests/models/test_fast.py`` checks logits and gradients for ReLU, GeLU and tanh, α ∈ {0, 0.3, 1},
 padded and unpadded buckets and the separate operand vocabulary.
 """
 
@@ -170,8 +170,9 @@ def _gelu_grad(z: jax.Array) -> jax.Array:
 def pair_mix_act(act: str, m0, m1, g0, g1, base) -> jax.Array:
     """``activation(act, pair_mix(m0, m1, g0, g1, base))``: (p, p, F) float32.
 
-    The backward keeps the activation (ReLU) or the pre-activation (GeLU) behind an optimization
-    barrier, so XLA does not recompute the mixing to get the derivative's mask.
+    The backward keeps the activation (ReLU: its mask; tanh: its derivative 1 − tanh²) or the
+    pre-activation (GeLU) behind an optimization barrier, so XLA does not recompute the mixing
+    to get the derivative.
     """
     return activation(act, _mix(m0, m1, g0, g1, base))
 
@@ -179,13 +180,18 @@ def pair_mix_act(act: str, m0, m1, g0, g1, base) -> jax.Array:
 def _pair_mix_act_fwd(act, m0, m1, g0, g1, base):
     z = _mix(m0, m1, g0, g1, base)
     out = activation(act, z)
-    saved = jax.lax.optimization_barrier(out if act == "relu" else z)
+    saved = jax.lax.optimization_barrier(z if act == "gelu" else out)
     return out, (m0, m1, g0, g1, saved)
 
 
 def _pair_mix_act_bwd(act, res, dout):
     m0, m1, g0, g1, saved = res
-    dz = jnp.where(saved > 0, dout, 0.0) if act == "relu" else dout * _gelu_grad(saved)
+    if act == "relu":
+        dz = jnp.where(saved > 0, dout, 0.0)
+    elif act == "tanh":
+        dz = dout * (1.0 - saved * saved)  # d tanh(z)/dz = 1 − tanh(z)²
+    else:
+        dz = dout * _gelu_grad(saved)
     return _mix_bwd(m0, m1, g0, g1, dz)
 
 

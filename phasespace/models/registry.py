@@ -1,9 +1,11 @@
 """Model families: one place that maps a static architecture to its Flax module, parameter
 padding, embedding tables and training-recipe defaults, so populations, training and analysis
-serve transformers (SPEC §2) and the appendix MLP models (SPEC §3) with the same code.
+serve transformers (SPEC §2), the appendix MLP models (SPEC §3) and the reference's
+attention-free Linearformer with the same code.
 
-An *architecture* is a frozen dataclass: :class:`~phasespace.models.transformer.TransformerArch`
-or :class:`~phasespace.models.mlp.MLPArch`. Both expose ``p``, ``d_model``, ``n_heads``,
+An *architecture* is a frozen dataclass: :class:`~phasespace.models.transformer.TransformerArch`,
+:class:`~phasespace.models.mlp.MLPArch` or
+:class:`~phasespace.models.linearformer.LinearformerArch`. All expose ``p``, ``d_model``, ``n_heads``,
 ``task``, ``vocab``, ``n_ctx``, ``diff_vocab``, ``eqn_sign`` and ``with_width``; their modules
 share the calling convention ``apply(params, tokens, attention_rate, attn_scale) → logits (B, V)``
 and a ``from_embeddings(emb, attention_rate, attn_scale)`` method.
@@ -17,12 +19,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from phasespace.defaults import MODEL_FAMILIES, RECIPE_DEFAULTS, recipe_family
+from phasespace.models.linearformer import Linearformer, LinearformerArch
+from phasespace.models.linearformer import resize_params as resize_linearformer_params
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
 from phasespace.models.mlp import resize_params as resize_mlp_params
 from phasespace.models.transformer import Transformer, TransformerArch
 from phasespace.models.transformer import resize_params as resize_transformer_params
 
-Arch = TransformerArch | MLPArch
+Arch = TransformerArch | MLPArch | LinearformerArch
 
 _KIND_TO_FAMILY = {v: k for k, v in MODEL_FAMILIES.items() if v is not None}
 
@@ -33,7 +37,9 @@ def family(arch: Arch) -> str:
         return _KIND_TO_FAMILY[arch.kind]
     if isinstance(arch, TransformerArch):
         return "transformer"
-    raise TypeError(f"arch={arch!r}: not a TransformerArch or MLPArch")
+    if isinstance(arch, LinearformerArch):
+        return "linearformer"
+    raise TypeError(f"arch={arch!r}: not a TransformerArch, MLPArch or LinearformerArch")
 
 
 def make_arch(
@@ -46,7 +52,8 @@ def make_arch(
     diff_vocab: bool = False,
     eqn_sign: bool = False,
 ) -> Arch:
-    """Static architecture of family ``model`` (MLP models ignore the transformer-only fields).
+    """Static architecture of family ``model`` (MLP models ignore the transformer-only fields,
+    the Linearformer ignores ``n_heads``).
 
     Raises:
         ValueError: unknown ``model``, naming the allowed families.
@@ -56,6 +63,10 @@ def make_arch(
     kind = MODEL_FAMILIES[model]
     if kind is not None:
         return MLPArch(p=p, d_model=d_model, kind=kind)
+    if model == "linearformer":
+        return LinearformerArch(
+            p=p, d_model=d_model, n_layers=n_layers, act=act, diff_vocab=diff_vocab, eqn_sign=eqn_sign
+        )
     return TransformerArch(
         p=p,
         d_model=d_model,
@@ -69,13 +80,18 @@ def make_arch(
 
 def make_model(arch: Arch) -> nn.Module:
     """The Flax module of ``arch``: ``apply(params, tokens (B, n_ctx) int32, attention_rate,
-    attn_scale) → logits (B, V) float32`` (MLP models ignore the last two)."""
-    return MLPModel(arch) if isinstance(arch, MLPArch) else Transformer(arch)
+    attn_scale) → logits (B, V) float32`` (MLP models and the Linearformer ignore the last two)."""
+    if isinstance(arch, MLPArch):
+        return MLPModel(arch)
+    if isinstance(arch, LinearformerArch):
+        return Linearformer(arch)
+    return Transformer(arch)
 
 
 def embed_method(arch: Arch) -> str:
     """Name of the module method mapping tokens (B, n_ctx) to token embeddings (B, n_ctx, e)
-    before the positional embedding (for gradient symmetricity, SPEC §5.1)."""
+    before the positional embedding (the Linearformer: before the concatenation), for gradient
+    symmetricity (SPEC §5.1)."""
     return "embed_tokens" if isinstance(arch, MLPArch) else "embed"
 
 
@@ -84,6 +100,8 @@ def resize_params(params: Any, src: Arch, dst: Arch) -> Any:
     on trees with or without leading run axes; see each family's ``resize_params``)."""
     if isinstance(src, MLPArch):
         return resize_mlp_params(params, src, dst)
+    if isinstance(src, LinearformerArch):
+        return resize_linearformer_params(params, src, dst)
     return resize_transformer_params(params, src, dst)
 
 
@@ -108,8 +126,9 @@ def embedding_tables(arch: Arch, params: Any) -> tuple[Any, Any]:
 
     Returns:
         ``(table_a, table_b)``, each (p, e) float32: row t is the embedding of operand value t at
-        position 0 (a) and 1 (b). For the transformer table_a = W_E[:, :p]ᵀ and table_b =
-        W_E[:, p:2p]ᵀ with the separate vocabulary, else the same array; for MLP models the
+        position 0 (a) and 1 (b). For the transformer and the Linearformer table_a = W_E[:, :p]ᵀ
+        and table_b = W_E[:, p:2p]ᵀ with the separate vocabulary, else the same array (W_E is
+        (e, V), e = d_model // n_ctx, for the Linearformer); for MLP models the
         ``embed`` table (``embed1``/``embed2`` for α′).
     """
     p = arch.p
@@ -152,6 +171,16 @@ def arch_to_dict(arch: Arch) -> dict[str, Any]:
     """JSON-able description of an architecture (inverse: :func:`arch_from_dict`)."""
     if isinstance(arch, MLPArch):
         return {"model": family(arch), "p": arch.p, "d_model": arch.d_model}
+    if isinstance(arch, LinearformerArch):
+        return {
+            "model": "linearformer",
+            "p": arch.p,
+            "d_model": arch.d_model,
+            "n_layers": arch.n_layers,
+            "act": arch.act,
+            "diff_vocab": arch.diff_vocab,
+            "eqn_sign": arch.eqn_sign,
+        }
     return {
         "model": "transformer",
         "p": arch.p,
@@ -173,6 +202,7 @@ def arch_from_dict(d: dict[str, Any]) -> Arch:
 __all__ = [
     "MLP_KINDS",
     "Arch",
+    "LinearformerArch",
     "MLPArch",
     "TransformerArch",
     "arch_from_dict",

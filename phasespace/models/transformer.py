@@ -44,7 +44,7 @@ class TransformerArch:
         d_model: residual width (the bucket's padded width inside a population).
         n_layers: number of blocks (1–4 in the paper).
         n_heads: attention heads H (4 in the paper).
-        act: "relu" or "gelu" (exact erf form).
+        act: "relu", "gelu" (exact erf form) or "tanh".
         diff_vocab: separate operand vocabulary (SPEC §1).
         eqn_sign: equals token appended (SPEC §1).
     """
@@ -92,10 +92,19 @@ class TransformerArch:
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
-    """ReLU, or GeLU in its exact erf form (PyTorch's default ``F.gelu``)."""
+    """The reference MLP's nonlinearity ``act_fn`` (SPEC §2): ReLU, GeLU in its exact erf form
+    (PyTorch's default ``F.gelu``) or tanh (``F.tanh``), element-wise on any shape.
+
+    Raises:
+        ValueError: ``name`` not in :data:`phasespace.defaults.ACTIVATIONS`.
+    """
     if name == "relu":
         return jax.nn.relu(x)
-    return jax.nn.gelu(x, approximate=False)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if name == "tanh":
+        return jnp.tanh(x)
+    raise ValueError(f"act={name!r}: must be one of {ACTIVATIONS}")
 
 
 def mix_attention(pattern: jax.Array, attention_rate: jax.Array) -> jax.Array:

@@ -196,6 +196,31 @@ class Bucket:
     networks: tuple[Network, ...]
 
 
+def _plan_by_residue(
+    arch: Arch, widths: Sequence[int], max_buckets: int, max_waste: float
+) -> tuple[list[int], dict[int, int]]:
+    """Linearformer bucket widths: :func:`plan_widths` within each residue class d mod n_ctx.
+
+    A Linearformer of width d pads exactly into a bucket of width D only if d mod n_ctx ≤
+    D mod n_ctx (:func:`phasespace.models.linearformer.resize_params`: the last d mod n_ctx input
+    columns of the first block must keep their place after the concatenated embeddings), so widths
+    share a bucket only with widths of their own residue (at most ``max_buckets`` per class).
+
+    Returns:
+        ``(bucket widths ascending, true width → bucket width)``.
+    """
+    by_residue: dict[int, list[int]] = {}
+    for w in widths:
+        by_residue.setdefault(w % arch.n_ctx, []).append(w)
+    out: list[int] = []
+    assignment: dict[int, int] = {}
+    for ws in by_residue.values():
+        plan = plan_widths(arch, ws, max_buckets, max_waste)
+        out.extend(plan.widths)
+        assignment.update(plan.assignment)
+    return sorted(out), assignment
+
+
 def plan_buckets(
     networks: list[Network],
     max_buckets: int = MAX_BUCKETS,
@@ -206,8 +231,9 @@ def plan_buckets(
     The bucket widths of a group are chosen by :func:`phasespace.population.buckets.plan_widths` (fewest
     compiled programs whose padded FLOPs waste at most ``max_waste``, at most ``max_buckets``
     of them); each network goes to the smallest bucket width ≥ its true width. Bucket keys
-    (``p59_L1_H4_relu_D128``) are unique and depend only on the spec. Within a bucket the
-    networks keep sweep order.
+    (``p59_L1_H4_relu_D128``, ``p59_linearformer_L1_tanh_D96``) are unique and depend only on
+    the spec. Within a bucket the networks keep sweep order. Linearformer widths are planned per
+    residue mod n_ctx (:func:`_plan_by_residue`); each MLP-model group is one bucket.
     """
     groups: dict[tuple[Any, ...], list[Network]] = {}
     for n in networks:
@@ -229,12 +255,19 @@ def plan_buckets(
         if vals["model"] == "transformer":
             plan = plan_widths(group_arch, widths, max_buckets, max_waste)
             bucket_widths, assignment = plan.widths, plan.assignment
+        elif vals["model"] == "linearformer":
+            bucket_widths, assignment = _plan_by_residue(group_arch, widths, max_buckets, max_waste)
         else:  # MLP models: one bucket per group (their FLOPs are not modelled by the planner)
             bucket_widths, assignment = [group_arch.d_model], dict.fromkeys(widths, group_arch.d_model)
         for width in bucket_widths:
             arch = dataclasses.replace(group_arch, d_model=width)
             members = tuple(n for n in nets if assignment[int(n.values["d_model"])] == width)
-            if vals["model"] != "transformer":
+            if vals["model"] == "linearformer":
+                name = (
+                    f"p{arch.p}_linearformer_L{arch.n_layers}_{arch.act}"
+                    f"{'_dv' if arch.diff_vocab else ''}{'_eq' if arch.eqn_sign else ''}_D{width}"
+                )
+            elif vals["model"] != "transformer":
                 name = f"p{arch.p}_{vals['model']}_D{width}"
             else:
                 name = (

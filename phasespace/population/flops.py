@@ -11,6 +11,7 @@ arithmetic each computation performs, so achieved FLOP/s = network-steps/s × co
 from __future__ import annotations
 
 from phasespace.models.fast import fold_unembedding, supports_fast
+from phasespace.models.linearformer import LinearformerArch
 from phasespace.models.mlp import MLPArch
 from phasespace.models.registry import Arch
 from phasespace.models.transformer import TransformerArch
@@ -28,7 +29,9 @@ def plain_forward_flops(arch: Arch) -> int:
         + W_O 2·T_q·d·hd + W_in 2·T_q·d_mlp·d + W_out 2·T_q·d·d_mlp
 
     plus the unembedding 2·d·V at the last position. MLP models: l1 (d × d_in, twice for γ),
-    l2 (d × d for β and γ) and the unembedding.
+    l2 (d × d for β and γ) and the unembedding. Linearformer: n_layers products d × d (the
+    first on the zero-padded concatenation of the embeddings, which is a gather, not a product)
+    and the unembedding, 2·n_layers·d² + 2·d·V.
 
     Args:
         arch: the architecture at the width whose cost is wanted (a true or a bucket width).
@@ -38,6 +41,9 @@ def plain_forward_flops(arch: Arch) -> int:
         hidden_layers = 2 if arch.kind in ("B", "C") else 1
         l1_uses = 2 if arch.kind == "C" else 1  # γ applies W₁ to E_a and E_b separately
         return 2 * h * arch.d_in * l1_uses + 2 * h * h * (hidden_layers - 1) + 2 * h * arch.vocab
+    if isinstance(arch, LinearformerArch):
+        d = arch.d_model
+        return 2 * arch.n_layers * d * d + 2 * d * arch.vocab
     d, hd, m, t, v = arch.d_model, arch.n_heads * arch.d_head, arch.d_mlp, arch.n_ctx, arch.vocab
     total = 2 * d * v
     for layer in range(arch.n_layers):

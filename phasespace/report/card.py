@@ -47,7 +47,7 @@ import numpy as np
 
 from phasespace.analysis import metrics
 from phasespace.analysis.circuits import CircuitOptions, analyze_full
-from phasespace.defaults import ALGORITHMS
+from phasespace.defaults import ALGORITHMS, ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
 from phasespace.io.reference import load_reference_checkpoint
@@ -250,12 +250,12 @@ def load_reference_network(folder: str, run: str) -> Network:
     if not (os.path.exists(path) and os.path.exists(path[:-4] + ".json")):
         raise ValueError(f"{folder}: no checkpoint {run!r}; run ids: {', '.join(reference_run_ids(folder))}")
     arch, params, cfg = load_reference_checkpoint(path)
-    mlp = family(arch) != "transformer"
-    alpha = 0.0 if mlp else float(cfg.get("attn_coeff", 1.0))
+    no_attn = family(arch) not in ATTENTION_FAMILIES
+    alpha = 0.0 if no_attn else float(cfg.get("attn_coeff", 1.0))
     info = {
         "run": run,
         "model": family(arch),
-        "attention_rate": float("nan") if mlp else alpha,
+        "attention_rate": float("nan") if no_attn else alpha,
         "p": arch.p,
         "d_model": arch.d_model,
         "n_layers": arch.n_layers,
@@ -461,6 +461,8 @@ def header(card: Card) -> str:
     desc = f"{fam} p={arch.p} d_model={net.info.get('d_model', arch.d_model)}"
     if fam == "transformer":
         desc += f" layers={arch.n_layers} {arch.act} α={_fmt(net.attention_rate, '.2f')}"
+    elif fam == "linearformer":
+        desc += f" layers={arch.n_layers} {arch.act}"
     algo = s.get("algorithm", "?")
     return (
         f"{net.name} · {desc} · {str(algo).upper()}\n"

@@ -29,9 +29,12 @@ options, read by the classification of the runs table and by the phase diagrams 
 ``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
 ``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
 width = ``d_model``, 256 in the paper; they need n_layers = 1, act = "relu", no diff_vocab /
-eqn_sign, and ignore n_heads; they have no attention, so no attention rate: their runs-table
-``attention_rate`` is NaN, the attention-rate axis is collapsed for them (one network per
-combination of the other axes) and a spec whose models all lack attention may not set it).
+eqn_sign, and ignore n_heads) or the reference's attention-free ``"linearformer"`` (the token
+embeddings, each of width d_model // n_ctx, concatenated and zero-padded to d_model, then
+n_layers blocks x ← act(W_in x + b_in); any n_layers, act, diff_vocab, eqn_sign; d_model ≥ n_ctx;
+ignores n_heads; the transformer's recipe). Neither has attention, so no attention rate: their
+runs-table ``attention_rate`` is NaN, the attention-rate axis is collapsed for them (one network
+per combination of the other axes) and a spec whose models all lack attention may not set it).
 ``train.b2`` and ``train.warmup_steps`` default to the family's recipe (transformer 0.98 / 10,
 MLP 0.999 / 0, SPEC §4).
 
@@ -558,13 +561,14 @@ def _check_combinations(spec: SweepSpec) -> None:
             f"(axes.model={models}) has attention, so it has no attention rate (families with attention: "
             f"{list(ATTENTION_FAMILIES)}); remove axes.attention_rate"
         )
-    if any(m != "transformer" for m in _values(a["model"])):
+    mlps = [m for m in models if MODEL_FAMILIES[m] is not None]
+    if mlps:
         needs = {"n_layers": 1, "act": "relu", "diff_vocab": False, "eqn_sign": False}
         for k, want in needs.items():
             bad = [v for v in _values(a[k]) if v != want]
             if bad:
                 raise SpecError(
-                    f"axes.{k}={bad[0]!r}: the MLP models (axes.model={list(_values(a['model']))}) need "
+                    f"axes.{k}={bad[0]!r}: the MLP models (axes.model={mlps}) need "
                     f"{k} = {want!r}; sweep other {k} values in a separate spec"
                 )
     heads = _values(a["n_heads"])
@@ -573,6 +577,14 @@ def _check_combinations(spec: SweepSpec) -> None:
     )
     if isinstance(a["d_model"], dict) and a["d_model"]["dist"] != "log2uniform":
         widths = [int(a["d_model"]["low"])]
+    if "linearformer" in models:
+        n_ctx = 3 if any(_values(a["eqn_sign"])) else 2
+        for d in widths:
+            if d < n_ctx:
+                raise SpecError(
+                    f"axes.d_model={d!r}: the linearformer needs d_model ≥ n_ctx={n_ctx} (its token "
+                    "embeddings are d_model // n_ctx wide)"
+                )
     for d in widths:
         for h in heads:
             if d < h:

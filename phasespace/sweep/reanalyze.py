@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from phasespace.analysis.circuits import analyze_full
+from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
 from phasespace.io.reference import load_reference_checkpoint, read_reference_config
@@ -102,9 +103,9 @@ def analyze_reference_checkpoints(
     for arch, idx in groups.items():
         params = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[loaded[i][2] for i in idx])
         cfgs = [loaded[i][3] for i in idx]
-        mlp = family(arch) != "transformer"
+        no_attn = family(arch) not in ATTENTION_FAMILIES
         hp = {
-            "attention_rate": np.asarray([0.0 if mlp else float(c.get("attn_coeff", 1.0)) for c in cfgs]),
+            "attention_rate": np.asarray([0.0 if no_attn else float(c.get("attn_coeff", 1.0)) for c in cfgs]),
             "attn_scale": np.full(len(idx), attn_scale(arch.d_model, arch.n_heads), np.float32),
             "train_mask": np.stack([train_mask(arch.p, float(c.get("frac", 0.8)), 0) for c in cfgs]),
         }
@@ -113,7 +114,7 @@ def analyze_reference_checkpoints(
             rows[i] = {
                 "run": loaded[i][0],
                 "model": family(arch),
-                "attention_rate": np.nan if mlp else float(hp["attention_rate"][j]),
+                "attention_rate": np.nan if no_attn else float(hp["attention_rate"][j]),
                 "p": arch.p,
                 "d_model": arch.d_model,
                 "n_layers": arch.n_layers,

@@ -1,10 +1,22 @@
-"""A float64 NumPy transcription of SPEC §2 (the reference transformer's forward pass), used as an
-independent oracle by the tests. Operates on the engine's parameter tree (reference shapes)."""
+"""A float64 NumPy transcription of SPEC §2 (the reference transformer's forward pass) and of the
+reference code's attention-free ``Linearformer`` (``code/train-main.py``), used as independent
+oracles by the tests. Operates on the engine's parameter trees (reference shapes)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import erf
+
+
+def activation(pre: np.ndarray, act: str) -> np.ndarray:
+    """The reference ``act_fn``: ReLU, exact-erf GeLU or tanh, float64."""
+    if act == "relu":
+        return np.maximum(pre, 0)
+    if act == "gelu":
+        return 0.5 * pre * (1 + erf(pre / np.sqrt(2)))
+    if act == "tanh":
+        return np.tanh(pre)
+    raise ValueError(act)
 
 
 def forward(params: dict, tokens: np.ndarray, alpha: float, n_heads: int, act: str = "relu") -> np.ndarray:
@@ -28,9 +40,32 @@ def forward(params: dict, tokens: np.ndarray, alpha: float, n_heads: int, act: s
         z = np.einsum("bhqk,bhke->bqhe", m, v).reshape(x.shape[0], x.shape[1], -1)
         x = x + np.einsum("df,bqf->bqd", b["W_O"], z)
         pre = np.einsum("md,bqd->bqm", b["W_in"], x) + b["b_in"]
-        post = np.maximum(pre, 0) if act == "relu" else 0.5 * pre * (1 + erf(pre / np.sqrt(2)))
+        post = activation(pre, act)
         x = x + np.einsum("dm,bqm->bqd", b["W_out"], post) + b["b_out"]
     return x[:, -1, :] @ W_U
+
+
+def linearformer_forward(params: dict, tokens: np.ndarray, act: str = "relu") -> np.ndarray:
+    """Logits (B, V), float64, of the reference ``Linearformer`` written out by hand: the n_ctx
+    token embeddings W_E[:, t] (each of width e = W_E.shape[0]) laid end to end, zero-padded on the
+    right to d = W_U.shape[0], then x ← act(W_in x + b_in) per block (no residual), logits x·W_U."""
+    P = params["params"]
+    W_E = np.asarray(P["W_E"], np.float64)
+    W_U = np.asarray(P["W_U"], np.float64)
+    d = W_U.shape[0]
+    rows = []
+    for toks in np.asarray(tokens):
+        x = np.zeros(d)
+        for i, t in enumerate(toks):
+            x[i * W_E.shape[0] : (i + 1) * W_E.shape[0]] = W_E[:, t]
+        rows.append(x)
+    x = np.stack(rows)
+    n_layers = sum(1 for k in P if k.startswith("blocks_"))
+    for i in range(n_layers):
+        W_in = np.asarray(P[f"blocks_{i}"]["W_in"], np.float64)
+        b_in = np.asarray(P[f"blocks_{i}"]["b_in"], np.float64)
+        x = activation(x @ W_in.T + b_in, act)
+    return x @ W_U
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

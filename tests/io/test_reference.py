@@ -3,6 +3,7 @@ state_dict importer)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -88,8 +89,10 @@ def test_reference_config_refusals():
     assert arch_from_reference_config(base) == ARCH
     with pytest.raises(CheckpointError, match="model_type='A': not a transformer checkpoint"):
         arch_from_reference_config({**base, "model_type": "A"})
-    with pytest.raises(CheckpointError, match="act_fn='Tanh': expected 'ReLU' or 'GeLU'"):
-        arch_from_reference_config({**base, "act_fn": "Tanh"})
+    assert arch_from_reference_config({**base, "act_fn": "Tanh"}) == dataclasses.replace(ARCH, act="tanh")
+    assert arch_from_reference_config({**base, "act_fn": "GeLU"}).act == "gelu"
+    with pytest.raises(CheckpointError, match="act_fn='SiLU': expected 'ReLU', 'GeLU' or 'Tanh'"):
+        arch_from_reference_config({**base, "act_fn": "SiLU"})
 
 
 @pytest.mark.skipif(not os.path.isdir(REFERENCE), reason="reference checkpoints not available")

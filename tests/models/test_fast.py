@@ -8,19 +8,21 @@ import pytest
 from phasespace.models.fast import fast_logits, fold_unembedding, logits_table, supports_fast
 from phasespace.models.transformer import Transformer, TransformerArch
 from phasespace.population.flops import step_flops
-from phasespace.population.stack import attn_scale, init_params, pad_params
+from phasespace.population.stack import attn_scale, init_params, pad_params, unpad_params
 from phasespace.tasks import all_pairs
 from phasespace.training.step import Recipe, cross_entropy, init_state, train_chunk
+from tests.helpers.numpy_reference import forward
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 CASES = [
-    # (bucket, true width): fold (4d > 3V) and no fold, ReLU and GeLU, padded, separate vocabulary
+    # (bucket, true width): fold (4d > 3V) and no fold, ReLU, GeLU and tanh, padded, separate vocabulary
     (TransformerArch(p=7, d_model=16), 16),
     (TransformerArch(p=7, d_model=16, act="gelu"), 16),
     (TransformerArch(p=13, d_model=8), 8),
     (TransformerArch(p=7, d_model=20, act="gelu"), 14),
     (TransformerArch(p=5, d_model=16, diff_vocab=True), 12),
+    (TransformerArch(p=5, d_model=16, act="tanh", diff_vocab=True), 10),
 ]
 
 
@@ -77,6 +79,20 @@ def test_fast_matches_plain_logits_and_gradients(arch, true_width):
             np.testing.assert_allclose(gf, gp, rtol=1e-5, atol=1e-5 * g_scale, err_msg=msg)
             # Zero-padded entries get exactly zero gradient (padded networks train identically).
             np.testing.assert_array_equal(np.asarray(gf)[np.asarray(gp) == 0], 0.0, err_msg=msg)
+
+
+def test_fast_tanh_logits_match_float64_reference():
+    """The fast path's tanh logit table equals the float64 NumPy transcription of SPEC §2 (padded
+    bucket 16, true width 12, non-zero biases, α = 0.4; ReLU and GeLU: the plain model's tests)."""
+    act = "tanh"
+    arch = TransformerArch(p=7, d_model=16, act=act)
+    params, scale = _network(arch, 12)
+    tokens, _ = all_pairs(arch.task)
+    fast = np.asarray(fast_logits(params, arch, jnp.float32(0.4), scale))
+    true = arch.with_width(12)
+    sliced = unpad_params(jax.tree_util.tree_map(np.asarray, params), arch, true)
+    ref = forward(sliced, tokens, 0.4, arch.n_heads, act)
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_cases_cover_both_unembedding_forms():

@@ -21,6 +21,7 @@ def _one(params):
         (TransformerArch(p=7, d_model=18, act="gelu"), 0.37),  # width not divisible by 4
         (TransformerArch(p=5, d_model=12, n_layers=3), 0.5),
         (TransformerArch(p=5, d_model=8, n_layers=2, diff_vocab=True, eqn_sign=True), 0.8),
+        (TransformerArch(p=5, d_model=12, n_layers=2, act="tanh", eqn_sign=True), 0.2),
     ],
 )
 def test_forward_matches_float64_spec(arch, alpha):
@@ -78,7 +79,7 @@ def test_init_depends_only_on_seed():
 
 def test_arch_validation():
     with pytest.raises(ValueError, match="act"):
-        TransformerArch(p=7, d_model=8, act="tanh")
+        TransformerArch(p=7, d_model=8, act="swish")
     with pytest.raises(ValueError, match="d_model"):
         TransformerArch(p=7, d_model=3)
     assert Task(7).vocab == TransformerArch(p=7, d_model=8).vocab

@@ -51,7 +51,7 @@ BAD_SPECS = [
     (spec({"seed": -1}), ["axes.seed=-1", "[0, 2**32)"]),
     (spec({"seed": [0, 1, 0]}), ["axes.seed=[0, 1, 0]", "distinct"]),
     (spec({"seed": []}), ["axes.seed=[]", "at least one value"]),
-    (spec({"act": "tanh"}), ["axes.act='tanh'", "relu"]),
+    (spec({"act": "swish"}), ["axes.act='swish'", "relu", "tanh"]),
     (spec({"diff_vocab": "yes"}), ["axes.diff_vocab='yes'", "true or false"]),
     (spec({"atention_rate": 0.5}), ["'atention_rate'", "did you mean 'attention_rate'"]),
     (spec(train={"step": 10}), ["train", "'step'", "did you mean 'steps'"]),
