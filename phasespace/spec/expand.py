@@ -33,8 +33,10 @@ def expand(spec: SweepSpec) -> list[Network]:
     Families without attention (``model`` not in :data:`phasespace.defaults.ATTENTION_FAMILIES`)
     have no attention rate: their networks take the default ``attention_rate`` (a placeholder
     the model ignores; the runs table shows NaN) and the attention-rate axis is collapsed, so such
-    a family gets one network per combination of its other axes, not one per α. (Random draws are
-    made as for every network, so the attention families' networks do not depend on it.)
+    a family gets one network per combination of its other axes, not one per α. The same holds
+    for ``n_heads``, which they do not have either (the default stands in; two values would give
+    two identical networks in two buckets of the same name). (Random draws are made as for every
+    network, so the attention families' networks do not depend on it.)
     """
     grid = spec.grid_axes
     sampled = spec.sampled_axes
@@ -51,6 +53,7 @@ def expand(spec: SweepSpec) -> list[Network]:
                 values[k] = _draw(k, spec.axes[k], rng)
             if values["model"] not in ATTENTION_FAMILIES:
                 values["attention_rate"] = AXES["attention_rate"]
+                values["n_heads"] = AXES["n_heads"]
                 key = tuple(values[k] for k in AXES)
                 if key in seen:
                     continue

@@ -171,3 +171,21 @@ def test_console_script_exit_status(tmp_path):
     assert r.returncode == 2
     assert "train.precision='fp16': must be one of" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_families_without_heads_collapse_the_heads_axis():
+    """MLP models and the Linearformer have no heads: n_heads = [2, 4] gives one network (and one
+    bucket) per combination of their other axes, and two per combination for the transformer."""
+    from phasespace.population.buckets import plan_buckets
+    from phasespace.spec.expand import expand
+
+    s = parse_spec(
+        spec({"model": ["transformer", "mlp_beta", "linearformer"], "n_heads": [2, 4], "seed": [0, 1]})
+    )
+    nets = expand(s)
+    count = {
+        m: sum(n.values["model"] == m for n in nets) for m in ("transformer", "mlp_beta", "linearformer")
+    }
+    assert count == {"transformer": 4, "mlp_beta": 2, "linearformer": 2}
+    keys = [b.key for b in plan_buckets(nets)]
+    assert len(keys) == len(set(keys)) == 4
