@@ -14,7 +14,9 @@ spec) does not import JAX:
 * :func:`run_sweep` trains, analyses and writes a sweep directory; :func:`load_sweep` reads one;
 * lower level: :func:`build_population` stacks networks on a run axis, :func:`train_population`
   trains them in one ``jit(vmap(lax.scan))`` program per chunk, :func:`analyze_population` /
-  :func:`analyze_full` compute every metric with one vmapped call.
+  :func:`analyze_full` compute every metric with one vmapped call;
+* :func:`register_operation` adds a binary operation on Z_p (the ``operation`` axis) besides the
+  built-in ones of :mod:`phasespace.operations`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _EXPORTS = {
     "load_sweep": "phasespace.io.store",
     "SweepResult": "phasespace.io.store",
     "run_sweep": "phasespace.sweep.run",
+    "register_operation": "phasespace.operations",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
     from phasespace.io.store import SweepResult as SweepResult
     from phasespace.io.store import load_sweep as load_sweep
     from phasespace.models.registry import make_arch as make_arch
+    from phasespace.operations import register_operation as register_operation
     from phasespace.population.stack import build_population as build_population
     from phasespace.spec.expand import expand as expand
     from phasespace.spec.networks import Network as Network

@@ -63,11 +63,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def summary_table(runs: dict[str, np.ndarray]) -> str:
     """The table ``phasespace run`` prints: per attention rate, the number of networks, the means
     of test accuracy and the circuit metrics, the fraction that is circular, and how many
-    networks learned each algorithm (the runs table's ``algorithm`` column)."""
+    networks learned each algorithm (the runs table's ``algorithm`` column); one table per
+    operation when the sweep has several (operations are never pooled)."""
+    ops = np.asarray(runs["operation"]) if "operation" in runs else None
+    if ops is None or len(set(ops)) <= 1:
+        return _summary_block(runs)
+    blocks = []
+    for op in dict.fromkeys(ops):
+        sel = ops == op
+        blocks.append(f"operation {op}:\n" + _summary_block({k: np.asarray(v)[sel] for k, v in runs.items()}))
+    return "\n".join(blocks)
+
+
+def _summary_block(runs: dict[str, np.ndarray]) -> str:
     alpha = runs["attention_rate"]
     algorithms = [
         a
-        for a in ("clock", "pizza", "non-circular", "mixed", "collapsed", "diverged")
+        for a in ("clock", "pizza", "non-circular", "mixed", "collapsed", "diverged", "not-addition")
         if a in set(runs["algorithm"])
     ]
     cols = [
@@ -321,7 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_analysis_commands(sub)
     _add_compare_command(sub)
+    for name in IMPORTING_COMMANDS:
+        sub.choices[name].add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE first (repeatable), e.g. one that calls phasespace.register_operation",
+        )
     return parser
+
+
+IMPORTING_COMMANDS = ("run", "merge", "analyze", "show", "report")
+"""Subcommands that read a sweep spec, and so may need operations registered from Python
+(``--import MODULE``, :func:`import_modules`)."""
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import each module of ``names`` (``--import``; e.g. one registering an operation with
+    :func:`phasespace.register_operation`), the current directory first on the module path.
+
+    Raises:
+        ValueError: naming the module, if it cannot be imported.
+    """
+    import importlib
+    import os
+
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the module's own error, reported as one line
+            raise ValueError(f"--import {name}: {type(e).__name__}: {e}") from e
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
@@ -444,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = show
         try:
+            import_modules(getattr(args, "imports", []))
             return args.fn(args)
         except (SpecError, OSError, ValueError) as e:
             print(f"phasespace: error: {e}", file=sys.stderr)

@@ -37,10 +37,13 @@ DI_METRICS = ("distance_irrelevance", "distance_irrelevance_largest_wrong")
 """The two distance irrelevances: correct logit (paper Def. 4.2) and the published tables'
 largest-wrong-logit variant (SPEC §5.2)."""
 
-ALGORITHMS = ("non-circular", "pizza", "clock", "mixed", "collapsed", "diverged")
+ALGORITHMS = ("non-circular", "pizza", "clock", "mixed", "collapsed", "diverged", "not-addition")
 """Algorithm classes of a network (SPEC §5.7); ``algorithm_code`` indexes this tuple. The
 classification of the final weights gives the first four; a network whose accuracy collapsed
-(``collapsed`` in the runs table) is labelled ``collapsed`` whatever its weights look like."""
+(``collapsed`` in the runs table) is labelled ``collapsed`` whatever its weights look like. The
+Clock/Pizza classification is defined for addition only: a network trained on another operation
+(:mod:`phasespace.operations`) is ``not-addition`` (its ``circular`` column still says whether
+its embedding is circular)."""
 
 # --------------------------------------------------------------------------------------------- #
 # The training recipe (SPEC §4)
@@ -60,8 +63,10 @@ PAPER_AXES: dict[str, Any] = {
     "train_fraction": 0.8,
     "seed": 0,
     "data_seed": -1,
+    "operation": "add",
 }
-"""Every sweepable axis with the paper's value (``data_seed = -1`` means "= seed")."""
+"""Every sweepable axis with the paper's value (``data_seed = -1`` means "= seed"; ``operation``:
+the labels c = f(a, b) mod p, :mod:`phasespace.operations`, addition in the paper)."""
 
 PAPER_STEPS = 20_000
 """Full-batch optimizer steps of the paper's runs."""

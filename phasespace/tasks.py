@@ -1,4 +1,5 @@
-"""Modular-addition data: the full table of p² inputs and per-network train/test splits (SPEC §1)."""
+"""Modular-arithmetic data: the full table of p² inputs, their labels under an operation
+(:mod:`phasespace.operations`; addition by default) and per-network train/test splits (SPEC §1)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import dataclasses
 
 import numpy as np
 
+from phasespace import operations
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """Static description of the modular-addition task (SPEC §1).
+    """Static description of the modular-arithmetic task (SPEC §1): the inputs' shape. The
+    operation (the labels) is per-network data, not part of the task (:func:`operation_labels`).
 
     Attributes:
-        p: the modulus (a prime; sweeps need p ≥ :data:`phasespace.defaults.MIN_P`); labels are
-            (a + b) mod p.
+        p: the modulus (a prime; sweeps need p ≥ :data:`phasespace.defaults.MIN_P`).
         diff_vocab: separate operand vocabulary (token b is encoded as b + p, V = 2p).
         eqn_sign: append an equals token with id V − 1 (n_ctx = 3, V grows by one).
     """
@@ -47,19 +50,40 @@ def encode(task: Task, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.int32)
 
 
-def all_pairs(task: Task) -> tuple[np.ndarray, np.ndarray]:
-    """All p² inputs of the task in lexicographic order (a, then b).
+def all_pairs(task: Task, operation: str = operations.ADDITION) -> tuple[np.ndarray, np.ndarray]:
+    """All p² inputs of the task in lexicographic order (a, then b), with their labels under
+    ``operation`` (default: addition, the paper's task).
 
     Row ``i`` holds the pair a = i // p, b = i % p.
 
     Returns:
         tokens: int32 array of shape (p², n_ctx) (:func:`encode`).
-        labels: int32 array of shape (p²,): (a + b) mod p.
+        labels: int32 array of shape (p²,): :func:`operation_labels` (``(a + b) mod p`` for
+        ``"add"``).
+
+    Raises:
+        phasespace.operations.OperationError: unknown ``operation`` or invalid labels.
     """
     p = task.p
     a, b = np.divmod(np.arange(p * p, dtype=np.int64), p)
-    labels = ((a + b) % p).astype(np.int32)
-    return encode(task, a, b), labels
+    return encode(task, a, b), operation_labels(operation, p)
+
+
+def operation_labels(operation: str, p: int) -> np.ndarray:
+    """Labels c = f(a, b) mod p of ``operation`` (:mod:`phasespace.operations`) over all p² pairs
+    in :func:`all_pairs` order: int32 (p²,), values in [0, p).
+
+    Raises:
+        phasespace.operations.OperationError: unknown ``operation`` (naming the registered ones)
+            or a registered function whose output is not (p²,) integers in [0, p).
+    """
+    return operations.labels(operation, p)
+
+
+def is_addition(labels: np.ndarray, p: int) -> np.ndarray:
+    """Which label rows are those of addition ((a + b) mod p), the task the Clock/Pizza
+    metrics are defined for: bool (...,) for labels (..., p²)."""
+    return np.all(np.asarray(labels) == operation_labels(operations.ADDITION, p), axis=-1)
 
 
 def n_train(p: int, train_fraction: float) -> int:

@@ -154,7 +154,9 @@ def _abc(p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def clock_logits(p: int, k: jax.Array) -> jax.Array:
-    """Q_clock[a, b, c] = cos(w(a + b − c)), w = 2πk/p: float32 (p, p, p)."""
+    """Q_clock[a, b, c] = cos(w(a + b − c)), w = 2πk/p: float32 (p, p, p). This and the Pizza and
+    accompanying templates describe addition; their FVEs are NaN (flag ``not_addition``) for
+    networks of other operations."""
     a, b, c = _abc(p)
     w = 2 * jnp.pi * jnp.asarray(k, jnp.float32) / p
     return jnp.cos(w * (a + b - c))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phasespace.analysis import circles, classify, metrics
+from phasespace.analysis import circles, classify, faults, metrics
 from phasespace.analysis.network import analyze_population, over_networks
 from phasespace.defaults import DI_METRICS, N_TRIPLES, TRIPLE_SEED
 from phasespace.models.registry import Arch, embedding_tables, make_model, set_embedding_tables, shares_table
@@ -155,7 +155,14 @@ def circuit_network(
         opts: static options.
         params: one network's parameters.
         attention_rate, attn_scale: float32 scalars.
-        tokens, labels: the full table (p², n_ctx), (p²,).
+        tokens: the full table int32 (p², n_ctx).
+        labels: int32 (p²,), this network's labels (its operation).
+
+    The key frequencies and circles use the embeddings only, and the isolated circles' accuracies
+    the network's own labels, for every operation. The Clock, Pizza and accompanying templates
+    are defined for addition (their c-dependence is cos(w(a + b − c))): for labels other than
+    (a + b) mod p the three FVEs are NaN (the ``not_addition`` flag of
+    :data:`phasespace.analysis.faults.FLAGS`, recorded by :func:`analyze_full`'s ``degenerate``).
 
     Returns:
         dict, with n = :meth:`CircuitOptions.components` and C = :meth:`~CircuitOptions.circle_slots`:
@@ -181,7 +188,7 @@ def circuit_network(
     k, members, fa = found.frequency, found.members, found.keys_a
     present = jnp.arange(k.shape[0]) < found.count
     nan = jnp.float32(jnp.nan)
-    return {
+    out = {
         "pc_frequency": fa["frequency"],
         "pc_delta": fa["delta"],
         "pc_power": fa["power"],
@@ -203,6 +210,9 @@ def circuit_network(
         "circles_accuracy": jnp.where(found.count > 0, fits["all_accuracy"], nan),
         "circularity_b": metrics.circularity(found.table_b),
     }
+    not_addition = (~faults.addition_labels(labels, arch.p)).astype(jnp.int32)
+    flag = not_addition << faults.FLAGS.index("not_addition")
+    return faults.nan_where_flagged(out, flag, only=("not_addition",))
 
 
 class FoundCircles(NamedTuple):
@@ -307,29 +317,37 @@ def isolate_circles(
 @functools.lru_cache(maxsize=32)
 def _compiled(arch: Arch, opts: CircuitOptions):
     fn = functools.partial(circuit_network, arch, opts)
-    return jax.jit(over_networks(fn, (0, 0, 0, None, None)))
+    return jax.jit(over_networks(fn, (0, 0, 0, None, 0)))
 
 
 def analyze_circuits(
-    arch: Arch, params: Any, attention_rate: Any, attn_scale: Any, opts: CircuitOptions = CircuitOptions()
+    arch: Arch,
+    params: Any,
+    attention_rate: Any,
+    attn_scale: Any,
+    opts: CircuitOptions = CircuitOptions(),
+    labels: Any = None,
 ) -> dict[str, np.ndarray]:
     """:func:`circuit_network` for R networks in one jitted, vmapped call.
 
     Args:
         arch: the bucket architecture; params: tree with leaves (R, ...);
         attention_rate, attn_scale: (R,) float32.
+        labels: int32 (R, p²), each network's labels; None: addition for every network.
 
     Returns:
         dict of NumPy arrays with leading axis R (see :func:`circuit_network` for the rest).
     """
-    tokens, labels = all_pairs(arch.task)
+    tokens, add_labels = all_pairs(arch.task)
+    n = len(np.asarray(attention_rate).reshape(-1))
+    labels = np.broadcast_to(add_labels, (n, add_labels.shape[0])) if labels is None else labels
     with jax.default_matmul_precision("highest"):
         out = _compiled(arch, opts)(
             params,
             jnp.asarray(attention_rate, jnp.float32),
             jnp.asarray(attn_scale, jnp.float32),
             jnp.asarray(tokens),
-            jnp.asarray(labels),
+            jnp.asarray(labels, jnp.int32),
         )
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -369,7 +387,9 @@ def analyze_full(
 
     Args:
         arch: bucket architecture; params: leaves (R, ...).
-        hparams: ``attention_rate``, ``attn_scale`` (R,) and ``train_mask`` (R, p²).
+        hparams: ``attention_rate``, ``attn_scale`` (R,), ``train_mask`` (R, p²) and ``labels``
+            (R, p²) int32, each network's labels (absent: addition for every network, the
+            paper's task).
         analysis: options (a spec's ``[analysis]`` table): ``n_triples``, ``triple_seed``, the
             fields of :class:`CircuitOptions` and the label thresholds
             (:data:`phasespace.defaults.THRESHOLDS`); defaults where missing.
@@ -392,13 +412,19 @@ def analyze_full(
         hparams["train_mask"],
         n_triples=int(analysis.get("n_triples", N_TRIPLES)),
         triple_seed=int(analysis.get("triple_seed", TRIPLE_SEED)),
+        labels=hparams.get("labels"),
     )
-    circ = analyze_circuits(arch, params, hparams["attention_rate"], hparams["attn_scale"], opts)
+    circ = analyze_circuits(
+        arch, params, hparams["attention_rate"], hparams["attn_scale"], opts, hparams.get("labels")
+    )
     scalars: dict[str, np.ndarray] = dict(core)
     for k in SCALAR_CIRCUIT_FIELDS:
         scalars[k] = circ[k]
     th = classify.thresholds(analysis)
-    code = classify.algorithm(core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], **th)
+    addition = (np.asarray(core["degenerate"]) >> faults.FLAGS.index("not_addition")) & 1 == 0
+    code = classify.algorithm(
+        core["circularity"], core["gradient_symmetricity"], core[opts.di_metric], **th, addition=addition
+    )
     scalars["circular"] = classify.circular_mask(core["circularity"], th["circular_threshold"])
     scalars["algorithm_code"] = code
     scalars["algorithm"] = classify.algorithm_names(code)

@@ -41,6 +41,20 @@ the Pizza side, 0.0 on the Clock side, NaN where the metric is not finite."""
 LABEL_OF_METRIC = {metric: name for name, (metric, _, _) in LABELS.items()}
 """Metric → the label defined on it."""
 
+NOT_ADDITION_FLAG = "not_addition"
+"""The flag of :data:`phasespace.analysis.faults.FLAGS` (in the ``degenerate`` column) of a network
+whose labels are not (a + b) mod p: the Clock/Pizza classification is defined for addition only."""
+
+
+def not_addition(runs: Mapping[str, Any]) -> np.ndarray:
+    """Networks trained on an operation other than addition: bool (R,), True where the
+    ``degenerate`` column (flag names joined by ``|``) holds :data:`NOT_ADDITION_FLAG`. Tables
+    without that column (e.g. the published ones, all addition) have none."""
+    n = len(np.asarray(next(iter(runs.values()))))
+    if "degenerate" not in runs:
+        return np.zeros(n, bool)
+    return np.asarray([NOT_ADDITION_FLAG in str(v).split("|") for v in np.asarray(runs["degenerate"])], bool)
+
 
 def thresholds(options: Mapping[str, Any] | None = None) -> dict[str, float]:
     """The three label thresholds from ``options`` (e.g. a spec's ``[analysis]`` table; other
@@ -103,13 +117,16 @@ def algorithm(
     circular_threshold: float = CIRCULAR_THRESHOLD,
     gradient_symmetricity_threshold: float = GRADIENT_SYMMETRICITY_THRESHOLD,
     distance_irrelevance_threshold: float = DISTANCE_IRRELEVANCE_THRESHOLD,
+    addition: Any = None,
 ) -> np.ndarray:
     """Algorithm class per network (SPEC §5.7), an index into :data:`~phasespace.defaults.ALGORITHMS`,
     built from the labels.
 
     non-circular (0) unless :func:`circular_mask`; among circular networks Pizza (1) iff both
     labels (``symmetric`` and the distance label of ``distance_irrelevance``, either variant) are
-    1, Clock (2) iff both are 0, mixed (3) otherwise (one of each, or a label NaN).
+    1, Clock (2) iff both are 0, mixed (3) otherwise (one of each, or a label NaN). The classes
+    are defined for addition: a network whose ``addition`` entry is False (bool (R,); None: all
+    addition) is ``not-addition`` (6) whatever its metrics.
 
     Returns:
         int64 (R,).
@@ -120,6 +137,8 @@ def algorithm(
     code[(sym == 1.0) & (near == 1.0)] = 1
     code[(sym == 0.0) & (near == 0.0)] = 2
     code[~circular_mask(circularity, circular_threshold)] = 0
+    if addition is not None:
+        code[~np.asarray(addition, bool)] = ALGORITHMS.index("not-addition")
     return code
 
 
@@ -133,10 +152,10 @@ def left_out(runs: Mapping[str, Any]) -> np.ndarray:
     network ``collapsed`` (its accuracy fell more than 0.1 below its best after reaching 0.99) or
     diverged (``nonfinite_step`` ≥ 0: frozen after a non-finite loss or update, its metrics
     come from its last finite parameters). They are left out of the phase diagram's cells and
-    fits (counted per cell) and never labelled Clock or Pizza. Tables without those columns
-    (e.g. the published ones) leave nothing out."""
-    n = len(np.asarray(next(iter(runs.values()))))
-    out = np.zeros(n, bool)
+    fits (counted per cell) and never labelled Clock or Pizza. So are networks of another
+    operation than addition (:func:`not_addition`), for which the Clock/Pizza labels are not
+    defined. Tables without those columns (e.g. the published ones) leave nothing out."""
+    out = not_addition(runs)
     if "collapsed" in runs:
         out |= np.asarray(runs["collapsed"], dtype=bool)
     if "nonfinite_step" in runs:
@@ -151,7 +170,10 @@ def classify_rows(rows: Sequence[dict[str, Any]], options: Mapping[str, Any] | N
     their metrics and the thresholds of ``options`` (a spec's ``[analysis]`` table: the label
     thresholds and ``di_metric``): the one place a row gets its class, so a finished sweep
     re-run with other thresholds, ``analyze`` and ``merge`` agree. Collapsed and diverged
-    networks (:func:`left_out`) are ``"collapsed"`` / ``"diverged"``, never Clock or Pizza."""
+    networks (:func:`left_out`) are ``"collapsed"`` / ``"diverged"``, never Clock or Pizza;
+    networks of another operation than addition (the ``not_addition`` flag in their
+    ``degenerate`` column, :func:`not_addition`) are ``"not-addition"`` unless collapsed or
+    diverged."""
     if not rows:
         return
     th = thresholds(options)
@@ -160,7 +182,10 @@ def classify_rows(rows: Sequence[dict[str, Any]], options: Mapping[str, Any] | N
         k: np.asarray([r.get(k, np.nan) for r in rows], dtype=np.float64)
         for k in ("circularity", "gradient_symmetricity", di_metric)
     }
-    code = algorithm(cols["circularity"], cols["gradient_symmetricity"], cols[di_metric], **th)
+    addition = ~not_addition({"degenerate": [r.get("degenerate", "") for r in rows]})
+    code = algorithm(
+        cols["circularity"], cols["gradient_symmetricity"], cols[di_metric], **th, addition=addition
+    )
     circ = circular_mask(cols["circularity"], th["circular_threshold"])
     record = {
         k: np.asarray([r.get(k, v) for r in rows])

@@ -186,6 +186,10 @@ def distance_irrelevance(logits: jax.Array, p: int) -> jax.Array:
     each column, divided by the population std of all entries
     (``np.std(L, axis=0).mean() / np.std(L)``). Clock → near 1, Pizza → small.
 
+    Defined for addition only (the correct class is (a + b) mod p and L is indexed by a + b and
+    a − b): the analysis reports NaN with the ``not_addition`` flag for other operations
+    (:data:`phasespace.analysis.faults.NAN_IF`); so does :func:`distance_irrelevance_largest_wrong`.
+
     Args:
         logits: float32 (p², V) over all pairs in :func:`~phasespace.tasks.all_pairs` order.
 

@@ -55,7 +55,8 @@ def analyze_network(
         params: one network's Flax parameters.
         attention_rate, attn_scale: float32 scalars.
         train_mask: bool (p²,), the network's training pairs.
-        tokens, labels: the full table (p², n_ctx), (p²,).
+        tokens: the full table int32 (p², n_ctx).
+        labels: int32 (p²,), this network's labels (its operation, :mod:`phasespace.operations`).
         triple_tokens, triple_classes: the gradient-symmetricity sample, (S, n_ctx) and (S,).
         fast: compute the logit table by the exact fast path when the bucket allows it
             (:func:`phasespace.models.fast.logits_table`).
@@ -67,6 +68,11 @@ def analyze_network(
         (int32), ``distance_irrelevance`` and ``distance_irrelevance_largest_wrong`` (§5.2),
         ``circularity`` (§5.3), ``param_norm`` (L2), and ``degenerate`` (int32 bit mask of
         :data:`phasespace.analysis.faults.FLAGS`; metrics undefined for a degenerate network are NaN).
+
+    Operations: loss and accuracies use the network's own labels; gradient symmetricity (its
+    class c is any class) and circularity (embeddings only) do not depend on the operation;
+    both distance irrelevances assume addition and are NaN, with the ``not_addition`` flag, for
+    labels other than (a + b) mod p (:func:`phasespace.analysis.faults.addition_labels`).
     """
     model = make_model(arch)
     p = arch.p
@@ -91,8 +97,11 @@ def analyze_network(
         "circularity": metrics.circularity(table_a),
         "param_norm": metrics.param_norm(params),
     }
-    correct_logit = metrics.correct_logits(logits, p)
-    flags = faults.degeneracy_flags(params, logits, correct_logit, table_a, zero, triple_classes.shape[0])
+    correct_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    addition = faults.addition_labels(labels, p)
+    flags = faults.degeneracy_flags(
+        params, logits, correct_logit, table_a, zero, triple_classes.shape[0], addition=addition
+    )
     return faults.flag_degenerate(out, flags)
 
 
@@ -120,7 +129,7 @@ def over_networks(fn: Any, in_axes: tuple[int | None, ...]) -> Any:
 @functools.lru_cache(maxsize=32)
 def _compiled(arch: TransformerArch, fast: bool = True):
     fn = functools.partial(analyze_network, arch, fast=fast)
-    return jax.jit(over_networks(fn, (0, 0, 0, 0, None, None, None, None)))
+    return jax.jit(over_networks(fn, (0, 0, 0, 0, None, 0, None, None)))
 
 
 def analyze_population(
@@ -132,6 +141,7 @@ def analyze_population(
     n_triples: int = N_TRIPLES,
     triple_seed: int = TRIPLE_SEED,
     fast: bool = True,
+    labels: Any = None,
 ) -> dict[str, np.ndarray]:
     """Every metric of :func:`analyze_network` for R networks in one jitted, vmapped call.
 
@@ -143,11 +153,15 @@ def analyze_population(
         n_triples, triple_seed: the gradient-symmetricity sample (SPEC §5.1 reference sample:
             100 triples, ``random.Random(42)``).
         fast: the exact fast logit table where the bucket allows it; False forces the plain model.
+        labels: int32 (R, p²), each network's labels (the population's ``hparams["labels"]``);
+            None: addition, (a + b) mod p, for every network (the paper's task).
 
     Returns:
         dict of NumPy arrays of shape (R,).
     """
-    tokens, labels = all_pairs(arch.task)
+    tokens, add_labels = all_pairs(arch.task)
+    n = len(np.asarray(attention_rate).reshape(-1))
+    labels = np.broadcast_to(add_labels, (n, add_labels.shape[0])) if labels is None else labels
     triples = metrics.reference_triples(arch.p, n_triples, triple_seed)
     with jax.default_matmul_precision("highest"):
         out = _compiled(arch, fast)(
@@ -156,7 +170,7 @@ def analyze_population(
             jnp.asarray(attn_scale, jnp.float32),
             jnp.asarray(train_mask, bool),
             jnp.asarray(tokens),
-            jnp.asarray(labels),
+            jnp.asarray(labels, jnp.int32),
             jnp.asarray(encode(arch.task, triples[:, 0], triples[:, 1])),
             jnp.asarray(triples[:, 2]),
         )

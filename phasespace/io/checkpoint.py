@@ -54,7 +54,7 @@ from jax.experimental import multihost_utils
 from phasespace.defaults import THRESHOLDS
 from phasespace.io import store
 from phasespace.population.buckets import Bucket
-from phasespace.spec.parse import MOVED_KEYS, SpecError, SweepSpec
+from phasespace.spec.parse import AXES, MOVED_KEYS, SpecError, SweepSpec
 from phasespace.training.step import HISTORY_FIELDS, TrainState
 
 T = TypeVar("T")
@@ -119,6 +119,8 @@ def resume_fields(spec: SweepSpec | Mapping[str, Any]) -> dict[str, Any]:
     """
     d = spec.to_dict() if isinstance(spec, SweepSpec) else spec
     flat = _flatten(json.loads(json.dumps(d)))
+    if any(k.startswith("axes.") for k in flat):  # stored before the operation axis: addition
+        flat.setdefault("axes.operation", AXES["operation"])
     return {
         k: v
         for k, v in sorted(flat.items())

@@ -6,8 +6,10 @@ One file per bucket, ``<sweep>/params/<bucket key>.npz`` (written atomically), h
 * ``param:<path>`` — each parameter leaf with its run axis, (R, ...) float32, at the bucket width
   (``<path>`` is the '/'-joined Flax path, e.g. ``param:params/blocks_0/W_Q``);
 * ``index`` (R,) int64 — each network's row in ``runs.csv``;
-* ``hp:attention_rate``, ``hp:attn_scale`` (R,) float32 and ``hp:train_mask`` (R, p²) bool — the
-  per-network data the analysis needs;
+* ``hp:attention_rate``, ``hp:attn_scale`` (R,) float32, ``hp:train_mask`` (R, p²) bool and
+  ``hp:labels`` (R, p²) int32 (each network's operation) — the per-network data the analysis
+  needs (files written before the ``operation`` axis have no ``hp:labels``: their networks were
+  all trained on addition, and :func:`load_bucket_params` gives them its labels);
 * ``arch`` — the bucket architecture as JSON (:func:`phasespace.models.registry.arch_to_dict`).
 """
 
@@ -24,9 +26,11 @@ import numpy as np
 
 from phasespace.io import store
 from phasespace.models.registry import Arch, arch_from_dict, arch_to_dict
+from phasespace.operations import ADDITION
+from phasespace.tasks import operation_labels
 
 PARAMS_DIR = "params"
-HP_FIELDS = ("attention_rate", "attn_scale", "train_mask")
+HP_FIELDS = ("attention_rate", "attn_scale", "train_mask", "labels")
 
 
 class BucketParams(NamedTuple):
@@ -83,6 +87,9 @@ def load_bucket_params(path: str) -> BucketParams:
             node = node.setdefault(part, {})
         node[parts[-1]] = arr
     arch = arch_from_dict(json.loads(str(files["arch"])))
+    if "hp:labels" not in files:  # written before the operation axis: every network is addition
+        n = len(files["index"])
+        files["hp:labels"] = np.tile(operation_labels(ADDITION, arch.p), (n, 1))
     hparams = {k: files[f"hp:{k}"] for k in HP_FIELDS}
     key = os.path.splitext(os.path.basename(path))[0]
     return BucketParams(key, arch, files["index"], params, hparams)

@@ -17,6 +17,8 @@ from phasespace.io import store
 from phasespace.models.linearformer import LinearformerArch
 from phasespace.models.mlp import MLP_KINDS, MLPArch, MLPModel
 from phasespace.models.transformer import TransformerArch
+from phasespace.operations import ADDITION
+from phasespace.tasks import operation_labels
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 """The folder holding the ``phasespace`` package: the repository in a checkout."""
@@ -117,6 +119,23 @@ def read_reference_config(path: str) -> dict[str, Any]:
         return store.read_json_object(path)
     except ValueError as e:
         raise CheckpointError(f"reference config: {e}") from None
+
+
+def reference_labels(cfg: Mapping[str, Any], p: int, n: int = 1) -> np.ndarray:
+    """The labels a reference checkpoint was trained on: int32 (n, p²), addition (a + b) mod p
+    (the reference code's ``funcs``; every released checkpoint is ``lambda x: (x[0]+x[1])%p``).
+
+    Raises:
+        ValueError: if the config's ``funcs`` is another function (the engine does not evaluate
+            the reference's lambdas; only addition checkpoints are read).
+    """
+    funcs = cfg.get("funcs")
+    if funcs is not None and "".join(str(funcs).split()) != f"lambdax:(x[0]+x[1])%{p}":
+        raise ValueError(
+            f"reference checkpoint config funcs={funcs!r}: only addition, "
+            f"'lambda x: (x[0]+x[1])%{p}', is supported"
+        )
+    return np.tile(operation_labels(ADDITION, p), (n, 1))
 
 
 def arch_from_reference_config(cfg: dict[str, Any]) -> TransformerArch | LinearformerArch:

@@ -31,7 +31,7 @@ def _axis_dtype(name: str) -> str:
         return "float64"
     if name in BOOL_AXES:
         return "bool"
-    return "str"  # model, act
+    return "str"  # model, act, operation
 
 
 RUNS_SCHEMA: dict[str, str] = {

@@ -165,6 +165,7 @@ def select(
     diff_vocab: bool | None = False,
     eqn_sign: bool | None = False,
     require: Sequence[str] = REQUIRED,
+    operation: str | None = "add",
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Filter a table to one architecture and to rows whose ``require`` metrics are finite.
 
@@ -172,6 +173,9 @@ def select(
         runs: columns from :func:`load_table`.
         model, n_layers, act, diff_vocab, eqn_sign: keep rows equal to these (None: no filter;
             a table without a ``model`` column holds transformers).
+        operation: keep rows of this operation (None: no filter; a table without an
+            ``operation`` column, e.g. a published one, holds addition, the only operation the
+            published tables and the Clock/Pizza labels know).
         require: metric columns that must be finite (rows with empty metrics are skipped).
 
     Returns:
@@ -187,8 +191,9 @@ def select(
         ("act", act),
         ("diff_vocab", diff_vocab),
         ("eqn_sign", eqn_sign),
+        ("operation", operation),
     ):
-        if want is not None and (key != "model" or key in runs):
+        if want is not None and (key not in ("model", "operation") or key in runs):
             arch &= np.asarray(runs[key]) == want
     ok = arch.copy()
     for k in require:

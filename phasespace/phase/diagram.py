@@ -130,9 +130,10 @@ BIN_DIMS = (f"{WIDTH_AXIS}_bin", f"{ALPHA_AXIS}_bin")
 FAMILY_DIM = "family"
 """Leading dimension of the binned and transition arrays of :func:`phase_arrays`."""
 
-FAMILY_AXES = ("model", "p", "n_layers", "act", "diff_vocab", "eqn_sign")
+FAMILY_AXES = ("model", "p", "n_layers", "act", "diff_vocab", "eqn_sign", "operation")
 """The columns that define a network family: networks differing in any of them are never
-pooled into one phase statistic (``phase_arrays(group_by=...)``)."""
+pooled into one phase statistic (``phase_arrays(group_by=...)``); in particular networks of
+different operations (:mod:`phasespace.operations`) never are."""
 
 SUBSETS = ("all", "circular")
 """Network subsets of the binned arrays: every network with finite metrics, and the circular
@@ -554,7 +555,8 @@ def phase_arrays(
           :func:`fit_transition` of the label on α within each family and width bin
           (``status`` as a str array of :data:`STATUS` names);
         * ``binned__left_out__count`` (G, n_w, n_a): networks left out of every cell and fit
-          because they collapsed or diverged (:func:`phasespace.analysis.classify.left_out`);
+          because they collapsed or diverged, or were trained on another operation than
+          addition (:func:`phasespace.analysis.classify.left_out`);
         * ``options`` (JSON string of the binning options and thresholds used).
     """
     opts = dict(PHASE_DEFAULTS)
@@ -607,7 +609,7 @@ def phase_arrays(
     cols.update(labels)
     circ_col = np.where(np.isfinite(np.asarray(runs["circularity"], dtype=np.float64)), circ, np.nan)
     cols["circular"] = circ_col.astype(np.float64)
-    left = classify.left_out(runs)  # collapsed / diverged: out of every cell and fit, counted
+    left = classify.left_out(runs)  # collapsed / diverged / not addition: out of every cell and fit, counted
     ok = (wi >= 0) & (ai >= 0)
     left_count = np.zeros(shape, np.int64)
     np.add.at(left_count, (fam[left & ok], wi[left & ok], ai[left & ok]), 1)

@@ -2,8 +2,8 @@
 
 Static shape (the bucket) vs per-network data is the engine's one idea: everything that
 changes the compiled program lives in :class:`~phasespace.models.transformer.TransformerArch`; each
-network's seed, true width, attention rate, learning rate, weight decay and train split are arrays
-with a leading run axis, fed to one compiled step.
+network's seed, true width, attention rate, learning rate, weight decay, train split and labels
+(its operation) are arrays with a leading run axis, fed to one compiled step.
 
 Each network is initialised *at its true width* from its own seed (so its weights do not depend
 on the bucket or on the other networks) and zero-padded to the bucket width D. With no LayerNorm
@@ -27,7 +27,7 @@ import numpy as np
 from phasespace.models.registry import make_model, resize_params
 from phasespace.models.transformer import TransformerArch
 from phasespace.spec.networks import NetworkSpec
-from phasespace.tasks import train_mask
+from phasespace.tasks import operation_labels, train_mask
 
 
 @functools.lru_cache(maxsize=256)
@@ -82,7 +82,7 @@ class Population:
         params: Flax parameter tree, leaves (R, ...) float32, zero-padded to D.
         hparams: per-network data, each with leading axis R: ``attention_rate`` (R,) float32,
             ``attn_scale`` (R,) float32, ``lr`` (R,) float32, ``weight_decay`` (R,) float32,
-            ``train_mask`` (R, p²) bool.
+            ``train_mask`` (R, p²) bool, ``labels`` (R, p²) int32 (each network's operation).
     """
 
     arch: TransformerArch
@@ -125,8 +125,15 @@ def build_population(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> 
 
 def network_hparams(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> dict[str, jax.Array]:
     """The per-network data of :class:`Population` (``hparams``) for ``networks`` in ``arch``'s
-    bucket: ``attention_rate``, ``attn_scale``, ``lr``, ``weight_decay`` (R,) float32 and
-    ``train_mask`` (R, p²) bool."""
+    bucket: ``attention_rate``, ``attn_scale``, ``lr``, ``weight_decay`` (R,) float32,
+    ``train_mask`` (R, p²) bool and ``labels`` (R, p²) int32, the labels of each network's
+    operation in :func:`~phasespace.tasks.all_pairs` order (:func:`~phasespace.tasks.operation_labels`).
+
+    Raises:
+        phasespace.operations.OperationError: a network's operation is not registered, or its
+            function returns invalid labels.
+    """
+    tables = {op: operation_labels(op, arch.p) for op in dict.fromkeys(n.operation for n in networks)}
     return {
         "attention_rate": jnp.asarray([n.attention_rate for n in networks], jnp.float32),
         "attn_scale": jnp.asarray([attn_scale(n.d_model, arch.n_heads) for n in networks], jnp.float32),
@@ -135,4 +142,5 @@ def network_hparams(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> d
         "train_mask": jnp.asarray(
             np.stack([train_mask(arch.p, n.train_fraction, n.split_seed) for n in networks])
         ),
+        "labels": jnp.asarray(np.stack([tables[n.operation] for n in networks]), jnp.int32),
     }

@@ -11,9 +11,13 @@ row of ``runs.csv``, parameters from ``params/*.npz``) or one released reference
   0, δ, 2δ, … (neighbours on the circle).
 * ``<name>_logits.png`` — the correct logit Q_{ab,(a+b)} and the largest wrong logit as p × p
   heatmaps L[(a + b) mod p, (a − b) mod p] (the tables behind distance irrelevance, SPEC §5.2)
-  with their profiles along a − b: a Pizza's rows vary with a − b, a Clock's do not.
+  with their profiles along a − b: a Pizza's rows vary with a − b, a Clock's do not. That layout
+  is addition's: for a network of another operation (:mod:`phasespace.operations`) the correct
+  logit Q_{ab,f(a,b)} and the largest wrong logit are drawn indexed by (a, b), and the figure
+  says why.
 * ``<name>_fits.png`` — per circle, the FVE of the isolated circle's logits by the Clock, Pizza
-  and accompanying templates (SPEC §5.5) and the isolated circle's accuracy per (a − b).
+  and accompanying templates (SPEC §5.5; for addition only: another operation's card says so in
+  place of the panel) and the isolated circle's accuracy per (a − b).
 * ``<name>_training.png`` — training curves (loss, accuracy; logarithmic steps) from
   ``history.npz``; a reference checkpoint has none, and its card says so.
 * ``<name>_metrics.png`` — every metric along training (``metrics_history.npz``), when recorded.
@@ -50,13 +54,14 @@ from phasespace.analysis.circuits import CircuitOptions, analyze_full
 from phasespace.defaults import ALGORITHMS, ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
-from phasespace.io.reference import load_reference_checkpoint
+from phasespace.io.reference import load_reference_checkpoint, reference_labels
 from phasespace.models.fast import logits_table
 from phasespace.models.registry import Arch, embedding_tables, family
+from phasespace.operations import ADDITION
 from phasespace.phase.figures import save_figure
 from phasespace.population.stack import attn_scale
 from phasespace.spec.parse import ANALYSIS_DEFAULTS
-from phasespace.tasks import all_pairs, train_mask
+from phasespace.tasks import all_pairs, is_addition, operation_labels, train_mask
 
 FIGURES = ("embedding", "logits", "fits", "training", "metrics")
 """The PNGs of a card, ``<name>_<figure>.png`` (``metrics`` only when recorded)."""
@@ -93,6 +98,8 @@ class Network:
         metrics_history: every metric along training, ``step`` (T,) and each metric (T, ...),
             or None.
         analysis: the ``[analysis]`` options (a sweep's spec; defaults otherwise).
+        labels: int32 (p²,) the labels it was trained on (its operation); None: addition.
+        operation: the operation's name (:mod:`phasespace.operations`).
     """
 
     name: str
@@ -107,6 +114,14 @@ class Network:
     history_note: str = ""
     metrics_history: dict[str, np.ndarray] | None = None
     analysis: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(ANALYSIS_DEFAULTS))
+    labels: np.ndarray | None = None
+    operation: str = ADDITION
+
+    def task_labels(self) -> np.ndarray:
+        """int32 (p²,): :attr:`labels`, or addition's when None."""
+        if self.labels is None:
+            return operation_labels(ADDITION, self.arch.p)
+        return np.asarray(self.labels, np.int32)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -209,6 +224,8 @@ def iter_sweep_networks(folder: str, runs: Iterable[int] | None = None) -> Itera
                     attention_rate=float(b.hparams["attention_rate"][j]),
                     attn_scale=float(b.hparams["attn_scale"][j]),
                     mask=np.asarray(b.hparams["train_mask"][j], bool),
+                    labels=np.asarray(b.hparams["labels"][j], np.int32),
+                    operation=str(table["operation"][r]) if "operation" in table else ADDITION,
                     info={c: _py(table[c][r]) for c in header},
                     history=hist,
                     history_note=note.strip(),
@@ -271,6 +288,7 @@ def load_reference_network(folder: str, run: str) -> Network:
         attention_rate=alpha,
         attn_scale=attn_scale(arch.d_model, arch.n_heads),
         mask=train_mask(arch.p, float(cfg.get("frac", 0.8)), 0),
+        labels=reference_labels(cfg, arch.p)[0],
         info=info,
         history=None,
         history_note=NO_CURVES_REFERENCE,
@@ -322,8 +340,10 @@ class Card:
         scores: float32 (p, n) principal-component scores of the first operand's table
             (:func:`phasespace.analysis.metrics.pca`), n = the components examined.
         logits: float32 (p², V) the full logit table (:func:`~phasespace.tasks.all_pairs` order).
-        correct_table, wrong_table: float32 (p, p): L[(a + b) mod p, (a − b) mod p] of the
-            correct and of the largest wrong logit.
+        correct_table, wrong_table: float32 (p, p): the correct and the largest wrong logit, as
+            L[(a + b) mod p, (a − b) mod p] for addition, as L[a, b] for another operation.
+        addition: whether the network's labels are (a + b) mod p (the layout of the tables, and
+            whether the Clock/Pizza metrics are defined).
     """
 
     network: Network
@@ -333,6 +353,7 @@ class Card:
     logits: np.ndarray
     correct_table: np.ndarray
     wrong_table: np.ndarray
+    addition: bool = True
 
     @property
     def p(self) -> int:
@@ -409,6 +430,7 @@ def compute_cards(networks: Sequence[Network]) -> list[Card]:
             "attention_rate": np.asarray([n.attention_rate for n in nets], np.float32),
             "attn_scale": np.asarray([n.attn_scale for n in nets], np.float32),
             "train_mask": np.stack([n.mask for n in nets]),
+            "labels": np.stack([n.task_labels() for n in nets]),
         }
         scalars, arrays = analyze_full(arch, params, hp, nets[0].analysis)
         n_comp = CircuitOptions.from_mapping(nets[0].analysis).components(arch)
@@ -422,8 +444,13 @@ def compute_cards(networks: Sequence[Network]) -> list[Card]:
                 logits = _logits_fn(arch)(
                     net.params, jnp.float32(net.attention_rate), jnp.float32(net.attn_scale), tokens
                 )
-            correct = metrics.sum_diff_table(metrics.correct_logits(logits, p), p)
-            wrong = metrics.sum_diff_table(metrics.largest_wrong_logits(logits, p), p)
+            labels = net.task_labels()
+            addition = bool(is_addition(labels, p))
+            if addition:
+                correct = metrics.sum_diff_table(metrics.correct_logits(logits, p), p)
+                wrong = metrics.sum_diff_table(metrics.largest_wrong_logits(logits, p), p)
+            else:
+                correct, wrong = _ab_tables(np.asarray(logits), labels, p)
             cards[i] = Card(
                 network=net,
                 scalars={k: _scalar(v[j]) for k, v in scalars.items()},
@@ -432,8 +459,19 @@ def compute_cards(networks: Sequence[Network]) -> list[Card]:
                 logits=np.asarray(logits),
                 correct_table=np.asarray(correct),
                 wrong_table=np.asarray(wrong),
+                addition=addition,
             )
     return [c for c in cards if c is not None]
+
+
+def _ab_tables(logits: np.ndarray, labels: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The correct logit Q_{ab,c(a,b)} and the largest wrong one max_{c' ≠ c(a,b), c' < p} Q_{abc'}
+    as (p, p) tables indexed [a, b]: float32 each, from logits (p², V) and labels (p²,)."""
+    rows = np.arange(p * p)
+    correct = logits[rows, labels]
+    wrong = logits[:, :p].copy()
+    wrong[rows, labels] = -np.inf
+    return correct.reshape(p, p), wrong.max(axis=1).reshape(p, p)
 
 
 def compute_card(network: Network) -> Card:
@@ -464,11 +502,15 @@ def header(card: Card) -> str:
     elif fam == "linearformer":
         desc += f" layers={arch.n_layers} {arch.act}"
     algo = s.get("algorithm", "?")
+    if net.operation != ADDITION:
+        desc += f" operation={net.operation}"
+    di = "not defined (not addition)"
+    if card.addition:
+        wrong = _fmt(s["distance_irrelevance_largest_wrong"])
+        di = f"{_fmt(s['distance_irrelevance'])} (largest wrong {wrong})"
     return (
         f"{net.name} · {desc} · {str(algo).upper()}\n"
-        f"gradient symmetricity {_fmt(s['gradient_symmetricity'])} · distance irrelevance "
-        f"{_fmt(s['distance_irrelevance'])} "
-        f"(largest wrong {_fmt(s['distance_irrelevance_largest_wrong'])}) · "
+        f"gradient symmetricity {_fmt(s['gradient_symmetricity'])} · distance irrelevance {di} · "
         f"circularity {_fmt(s['circularity'], '.4f')} · accuracy {_fmt(s['accuracy'], '.4f')}"
     )
 
@@ -526,9 +568,23 @@ def plot_embedding(card: Card, path: str) -> None:
     save_figure(fig, path)
 
 
+NOT_ADDITION_LOGITS = (
+    "the (a + b, a − b) layout and distance irrelevance (SPEC §5.2) are defined for addition; "
+    "this network's operation is {op}, so its logits are drawn indexed by (a, b)"
+)
+NOT_ADDITION_FITS = (
+    "No Clock/Pizza template fits: the Clock, Pizza and accompanying templates (SPEC §5.5)\n"
+    "are defined for addition, cos(w(a + b − c)); this network's operation is {op}."
+)
+
+
 def plot_logits(card: Card, path: str) -> None:
     """The correct and the largest wrong logit over ((a + b) mod p, (a − b) mod p), with their
-    profiles along a − b (see the module docstring)."""
+    profiles along a − b (see the module docstring); indexed by (a, b) with profiles along b for
+    a network of another operation than addition."""
+    if not card.addition:
+        _plot_logits_ab(card, path)
+        return
     p = card.p
     s = card.scalars
     fig, axes = plt.subplots(
@@ -570,49 +626,57 @@ def plot_logits(card: Card, path: str) -> None:
     save_figure(fig, path)
 
 
+def _plot_logits_ab(card: Card, path: str) -> None:
+    """The correct and the largest wrong logit of a network of another operation, as (p, p)
+    heatmaps indexed by (a, b), with their profiles along b."""
+    p = card.p
+    fig, axes = plt.subplots(
+        2, 2, figsize=(12, 10.5), gridspec_kw={"height_ratios": [3, 1.3]}, squeeze=False, layout="constrained"
+    )
+    panels = (
+        (card.correct_table, r"correct logit $Q_{ab,f(a,b)}$"),
+        (card.wrong_table, r"largest wrong logit $\max_{c \neq f(a,b)}\, Q_{abc}$"),
+    )
+    d = np.arange(p)
+    for col, (table, what) in enumerate(panels):
+        ax = axes[0, col]
+        im = ax.imshow(table, origin="lower", cmap="viridis", aspect="equal", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        ax.set_title(f"{what}\ndistance irrelevance: not defined (not addition)", fontsize=10)
+        ax.set_xlabel("b")
+        ax.set_ylabel("a")
+        prof = axes[1, col]
+        mean, std = table.mean(axis=0), table.std(axis=0)
+        prof.fill_between(d, mean - std, mean + std, color="C0", alpha=0.25, label="± std over a")
+        prof.plot(d, mean, color="C0", marker=".", label="mean over a")
+        prof.set_xlim(-0.5, p - 0.5)
+        prof.set_xlabel("b")
+        prof.set_ylabel("logit")
+        prof.legend(fontsize=8, loc="best")
+    note = NOT_ADDITION_LOGITS.format(op=card.network.operation)
+    fig.suptitle(f"{header(card)}\nlogits over (a, b): {note}", fontsize=10)
+    save_figure(fig, path)
+
+
 def plot_fits(card: Card, path: str) -> None:
     """FVE of the Clock, Pizza and accompanying templates per isolated circle, and each isolated
-    circle's accuracy per (a − b)."""
+    circle's accuracy per (a − b). For another operation than addition the FVE panel is
+    replaced by the reason it is not drawn."""
     found = card.circles()
     s = card.scalars
     if not found:
         fig, ax = plt.subplots(figsize=(14, 2.4), layout="constrained")
-        _text_panel(ax, NO_CIRCLES)
+        text = NO_CIRCLES
+        if not card.addition:
+            text += "\n" + NOT_ADDITION_FITS.format(op=card.network.operation)
+        _text_panel(ax, text)
     else:
         fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), squeeze=False, layout="constrained")
         ax, acc_ax = axes[0]
-        x = np.arange(len(found))
-        width = 0.27
-        series = (
-            ("fve_clock", "Clock", "C0"),
-            ("fve_pizza", "Pizza", "C1"),
-            ("fve_accompanying", "accompanying", "C2"),
-        )
-        lo = 0.0
-        for o, (key, label, color) in enumerate(series):
-            vals = np.asarray([c[key] for c in found], float)
-            if not np.any(np.isfinite(vals)):
-                continue
-            pos = x + (o - 1) * width
-            ax.bar(pos, np.nan_to_num(vals, nan=0.0), width, label=label, color=color)
-            for xp, v in zip(pos, vals, strict=True):
-                if np.isfinite(v):
-                    ax.text(xp, max(v, 0) + 0.02, f"{100 * v:.1f}", ha="center", fontsize=7, rotation=90)
-            lo = min(lo, float(np.nanmin(vals)))
-        ax.set_xticks(x)
-        ax.set_xticklabels(
-            [
-                f"k={c['k']} (δ {c['delta']})\nacc {100 * c['accuracy']:.1f}%"
-                + (f"\nwith k={c['accompanies']}" if c["accompanies"] else "")
-                for c in found
-            ],
-            fontsize=8,
-        )
-        ax.set_ylim(min(lo - 0.05, 0), 1.4)
-        ax.axhline(0, color="k", lw=0.6)
-        ax.set_ylabel("FVE of the isolated circle's logits")
-        ax.legend(fontsize=8, loc="upper right", ncol=3)
-        ax.set_title("logit fit per isolated circle (FVE in %, SPEC §5.5)", fontsize=10)
+        if card.addition:
+            _plot_fve(ax, found)
+        else:
+            _text_panel(ax, NOT_ADDITION_FITS.format(op=card.network.operation))
         by_diff = card.arrays["circle_accuracy_by_difference"]
         p = card.p
         for i, c in enumerate(found):
@@ -632,6 +696,42 @@ def plot_fits(card: Card, path: str) -> None:
         )
     fig.suptitle(header(card), fontsize=10)
     save_figure(fig, path)
+
+
+def _plot_fve(ax: plt.Axes, found: list[dict[str, Any]]) -> None:
+    """Bars of the Clock, Pizza and accompanying FVE of each isolated circle (addition only)."""
+    x = np.arange(len(found))
+    width = 0.27
+    series = (
+        ("fve_clock", "Clock", "C0"),
+        ("fve_pizza", "Pizza", "C1"),
+        ("fve_accompanying", "accompanying", "C2"),
+    )
+    lo = 0.0
+    for o, (key, label, color) in enumerate(series):
+        vals = np.asarray([c[key] for c in found], float)
+        if not np.any(np.isfinite(vals)):
+            continue
+        pos = x + (o - 1) * width
+        ax.bar(pos, np.nan_to_num(vals, nan=0.0), width, label=label, color=color)
+        for xp, v in zip(pos, vals, strict=True):
+            if np.isfinite(v):
+                ax.text(xp, max(v, 0) + 0.02, f"{100 * v:.1f}", ha="center", fontsize=7, rotation=90)
+        lo = min(lo, float(np.nanmin(vals)))
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [
+            f"k={c['k']} (δ {c['delta']})\nacc {100 * c['accuracy']:.1f}%"
+            + (f"\nwith k={c['accompanies']}" if c["accompanies"] else "")
+            for c in found
+        ],
+        fontsize=8,
+    )
+    ax.set_ylim(min(lo - 0.05, 0), 1.4)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel("FVE of the isolated circle's logits")
+    ax.legend(fontsize=8, loc="upper right", ncol=3)
+    ax.set_title("logit fit per isolated circle (FVE in %, SPEC §5.5)", fontsize=10)
 
 
 def plot_training(card: Card, path: str) -> None:

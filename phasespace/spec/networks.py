@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from phasespace.defaults import ATTENTION_FAMILIES, PAPER_STEPS, PRECISIONS, RECIPE_DEFAULTS
+from phasespace.operations import ADDITION
 
 STATIC_AXES = ("model", "p", "n_layers", "n_heads", "act", "diff_vocab", "eqn_sign")
 """Axes that change the compiled program: networks differing in them go to different buckets."""
@@ -49,6 +50,8 @@ class NetworkSpec:
         lr: peak learning rate.
         weight_decay: decoupled AdamW weight decay (scaled by the scheduled lr, SPEC §4).
         train_fraction: fraction f of the p² pairs used for training.
+        operation: the network's labels c = f(a, b) mod p (:mod:`phasespace.operations`); data,
+            not shape: networks of different operations share a bucket.
     """
 
     seed: int
@@ -58,6 +61,7 @@ class NetworkSpec:
     lr: float = 1e-3
     weight_decay: float = 2.0
     train_fraction: float = 0.8
+    operation: str = ADDITION
 
     @property
     def split_seed(self) -> int:
@@ -81,6 +85,7 @@ class Network:
             lr=float(v["lr"]),
             weight_decay=float(v["weight_decay"]),
             train_fraction=float(v["train_fraction"]),
+            operation=str(v.get("operation", ADDITION)),
         )
 
     def row_values(self) -> dict[str, Any]:

@@ -26,6 +26,12 @@ The label thresholds (``circular_threshold``, ``gradient_symmetricity_threshold`
 ``distance_irrelevance_threshold``, :data:`phasespace.defaults.THRESHOLDS`) are ``[analysis]``
 options, read by the classification of the runs table and by the phase diagrams alike.
 
+``operation`` selects the labels c = f(a, b) mod p (:mod:`phasespace.operations`): ``"add"``
+(default, the paper's task), ``"sub"``, ``"mul"``, ``"x2_plus_y2"``, ``"x2_plus_xy_plus_y2"``,
+``"x3_plus_xy"`` or one registered from Python (:func:`phasespace.register_operation`; on the
+command line ``--import MODULE``). It is per-network data (a list sweeps it), never a
+distribution; an unknown name is a :class:`SpecError` naming the registered ones.
+
 ``model`` selects the family: ``"transformer"`` (default) or an appendix MLP model
 ``"mlp_alpha"``, ``"mlp_alpha_prime"``, ``"mlp_beta"``, ``"mlp_gamma"``, ``"mlp_delta"`` (SPEC §3;
 width = ``d_model``, 256 in the paper; they need n_layers = 1, act = "relu", no diff_vocab /
@@ -78,6 +84,8 @@ from phasespace.defaults import (
     TRIPLE_SEED,
     recipe_family,
 )
+from phasespace.operations import OperationError
+from phasespace.operations import get as get_operation
 from phasespace.spec.networks import BOOL_AXES, FLOAT_AXES, INT_AXES, STATIC_AXES, Recipe
 
 AXES: dict[str, Any] = dict(PAPER_AXES)
@@ -299,6 +307,12 @@ def _check_value(field: str, key: str, v: Any) -> Any:
         if not isinstance(v, str) or v not in MODEL_FAMILIES:
             raise SpecError(f"{where}={v!r}: must be one of {list(MODEL_FAMILIES)}")
         return v
+    if key == "operation":
+        try:
+            get_operation(v)
+        except OperationError as e:
+            raise SpecError(f"{where}: {e}") from None
+        return v
     if key == "act":
         if not isinstance(v, str) or v.lower() not in ACTIVATIONS:
             raise SpecError(f"{where}={v!r}: must be one of {list(ACTIVATIONS)}")
@@ -345,7 +359,7 @@ def _check_axis(key: str, v: Any) -> Any:
             raise SpecError(f"{field}={v!r}: grid values must be distinct")
         return vals
     if isinstance(v, dict):
-        if key in BOOL_AXES or key in ("act", "model"):
+        if key in BOOL_AXES or key in ("act", "model", "operation"):
             raise SpecError(f"{field}: {key} cannot be sampled from a distribution; give a list")
         if key in STATIC_AXES:
             raise SpecError(

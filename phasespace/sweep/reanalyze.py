@@ -28,7 +28,7 @@ from phasespace.analysis.circuits import analyze_full
 from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
-from phasespace.io.reference import load_reference_checkpoint, read_reference_config
+from phasespace.io.reference import load_reference_checkpoint, read_reference_config, reference_labels
 from phasespace.models.registry import family
 from phasespace.population.stack import attn_scale
 from phasespace.spec.expand import expand
@@ -108,6 +108,7 @@ def analyze_reference_checkpoints(
             "attention_rate": np.asarray([0.0 if no_attn else float(c.get("attn_coeff", 1.0)) for c in cfgs]),
             "attn_scale": np.full(len(idx), attn_scale(arch.d_model, arch.n_heads), np.float32),
             "train_mask": np.stack([train_mask(arch.p, float(c.get("frac", 0.8)), 0) for c in cfgs]),
+            "labels": np.concatenate([reference_labels(c, arch.p) for c in cfgs]),
         }
         scalars, arrays = analyze_full(arch, params, hp, opts)
         for j, i in enumerate(idx):

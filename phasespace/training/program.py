@@ -88,6 +88,7 @@ def _one_state_shape(arch: TransformerArch, recipe: Recipe) -> tuple[Any, Any]:
         "lr": jax.ShapeDtypeStruct((), jnp.float32),
         "weight_decay": jax.ShapeDtypeStruct((), jnp.float32),
         "train_mask": jax.ShapeDtypeStruct((arch.p * arch.p,), jnp.bool_),
+        "labels": jax.ShapeDtypeStruct((arch.p * arch.p,), jnp.int32),
     }
     state = jax.eval_shape(functools.partial(init_state, recipe), params, hp)
     return state, hp
@@ -95,7 +96,7 @@ def _one_state_shape(arch: TransformerArch, recipe: Recipe) -> tuple[Any, Any]:
 
 def state_bytes_per_network(arch: TransformerArch, recipe: Recipe) -> int:
     """Bytes of one network's training state and per-network data (parameters, AdamW moments,
-    counters, hyperparameters, train mask)."""
+    counters, hyperparameters, train mask, labels)."""
     state, hp = _one_state_shape(arch, recipe)
     leaves = jax.tree_util.tree_leaves((state, hp))
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves))
@@ -111,9 +112,10 @@ def compiled_sharded_chunk(
 ) -> Any:
     """The compiled training chunk of ``n_padded`` networks laid out by ``layout``.
 
-    Call as ``fn(state, hp, tokens, labels)`` with ``state``/``hp`` global arrays of leading size
-    ``n_padded`` sharded ``P("runs")`` (``state`` is donated) and ``tokens``/``labels``
-    replicated; returns ``(state, history)`` with history leaves (n_padded, n_steps).
+    Call as ``fn(state, hp, tokens)`` with ``state``/``hp`` global arrays of leading size
+    ``n_padded`` sharded ``P("runs")`` (``state`` is donated; ``hp["labels"]`` holds each
+    network's labels) and ``tokens`` replicated; returns ``(state, history)`` with history leaves
+    (n_padded, n_steps).
     """
     return lowered_sharded_chunk(arch, recipe, n_steps, layout, n_padded).compile()
 
@@ -121,16 +123,15 @@ def compiled_sharded_chunk(
 def _lower(
     jitted: Any, arch: TransformerArch, recipe: Recipe, n: int, per_network: Any, replicated: Any
 ) -> Any:
-    """Lower a training chunk ``fn(state, hp, tokens, labels)`` for ``n`` networks: the state and
-    hyperparameters (run axis n) placed by ``per_network``, the p² token table and labels by
-    ``replicated``."""
+    """Lower a training chunk ``fn(state, hp, tokens)`` for ``n`` networks: the state and
+    hyperparameters (run axis n; the labels among them) placed by ``per_network``, the p² token
+    table by ``replicated``."""
     state1, hp1 = _one_state_shape(arch, recipe)
     n_pairs, n_ctx = arch.p * arch.p, arch.n_ctx
     return jitted.lower(
         _struct(state1, n, per_network),
         _struct(hp1, n, per_network),
         jax.ShapeDtypeStruct((n_pairs, n_ctx), jnp.int32, sharding=replicated),
-        jax.ShapeDtypeStruct((n_pairs,), jnp.int32, sharding=replicated),
     )
 
 
@@ -142,11 +143,11 @@ def lowered_sharded_chunk(
     mesh = layout.mesh
     name = matmul_precision(recipe.precision, _platform(layout))
 
-    def one(state: TrainState, hp: dict[str, jax.Array], tokens: jax.Array, labels: jax.Array):
+    def one(state: TrainState, hp: dict[str, jax.Array], tokens: jax.Array):
         with jax.default_matmul_precision(name):
-            return train_chunk(arch, recipe, n_steps, state, hp, tokens, labels)
+            return train_chunk(arch, recipe, n_steps, state, hp, tokens)
 
-    fn = placement.sharded_map(one, mesh, layout.group_size, n_sharded=2, n_replicated=2)
+    fn = placement.sharded_map(one, mesh, layout.group_size, n_sharded=2, n_replicated=1)
     jitted = jax.jit(fn, donate_argnums=(0,))
     runs, rep = NamedSharding(mesh, P(placement.AXIS)), NamedSharding(mesh, P())
     return _lower(jitted, arch, recipe, n_padded, runs, rep)
@@ -160,12 +161,12 @@ def lowered_sharded_chunk(
 def _jitted_device_chunk(arch: TransformerArch, recipe: Recipe, n_steps: int, group_size: int, platform: str):
     name = matmul_precision(recipe.precision, platform)
 
-    def one(args: tuple[Any, Any], tokens: jax.Array, labels: jax.Array):
+    def one(args: tuple[Any, Any], tokens: jax.Array):
         with jax.default_matmul_precision(name):
-            return train_chunk(arch, recipe, n_steps, *args, tokens, labels)
+            return train_chunk(arch, recipe, n_steps, *args, tokens)
 
-    def per_device(state: TrainState, hp: dict[str, jax.Array], tokens: jax.Array, labels: jax.Array):
-        return jax.lax.map(lambda xs: one(xs, tokens, labels), (state, hp), batch_size=group_size)
+    def per_device(state: TrainState, hp: dict[str, jax.Array], tokens: jax.Array):
+        return jax.lax.map(lambda xs: one(xs, tokens), (state, hp), batch_size=group_size)
 
     return jax.jit(per_device, donate_argnums=(0,))
 
@@ -175,7 +176,7 @@ def lowered_device_chunk(
 ) -> Any:
     """The lowered one-device training chunk of ``n_local`` networks on ``device``, G =
     ``group_size`` vmapped at a time (see :func:`phasespace.training.placement.per_device_programs`).
-    Call the compiled program as ``fn(state, hp, tokens, labels)`` with arrays on ``device``
+    Call the compiled program as ``fn(state, hp, tokens)`` with arrays on ``device``
     (``state`` is donated)."""
     sharding = jax.sharding.SingleDeviceSharding(device)
     jitted = _jitted_device_chunk(arch, recipe, n_steps, min(group_size, n_local), device.platform)
@@ -225,7 +226,7 @@ def _train_per_device(
     contiguous slices of n_local networks, slice j on device j."""
     n = layout.n_networks
     devices = list(layout.mesh.devices.flat)
-    tokens, labels = all_pairs(arch.task)
+    tokens, _ = all_pairs(arch.task)  # the labels are per network, in hparams["labels"]
     if state is None:  # zero moments and counters: exact, computed on the host's first device
         with jax.default_matmul_precision("highest"):
             state = _compiled_init(recipe, placement.run_mesh(devices[:1]))(params, hparams)
@@ -234,7 +235,7 @@ def _train_per_device(
         n_local, slices = placement.device_slices(b - a, len(devices))
         pieces.append((n_local, [(a + s, a + e, j) for j, (s, e) in enumerate(slices)]))
     single = len(pieces) == 1
-    data = {j: _to_device((tokens, labels), devices[j]) for _, sl in pieces for *_, j in sl}
+    data = {j: _to_device((tokens,), devices[j]) for _, sl in pieces for *_, j in sl}
 
     def put(tree: Any, a: int, b: int, n_local: int, j: int) -> Any:
         return _to_device(placement.pad_runs(_slice_runs(tree, a, b), n_local), devices[j])
@@ -316,8 +317,8 @@ def train_sharded(
         return _train_per_device(arch, params, hparams, recipe, layout, chunk_steps, state, on_chunk)
     n = layout.n_networks
     mesh = layout.mesh
-    tokens, labels = all_pairs(arch.task)
-    tokens_d, labels_d = placement.put_replicated((tokens, labels), mesh)
+    tokens, _ = all_pairs(arch.task)  # the labels are per network, in hparams["labels"]
+    tokens_d = placement.put_replicated(tokens, mesh)
     pieces = layout.chunks
     single = len(pieces) == 1
 
@@ -351,7 +352,7 @@ def train_sharded(
             m = layout.padded(b - a)
             fn = compiled_sharded_chunk(arch, recipe, k, layout, m)
             st = states[i] if single else placement.put_runs(placement.pad_runs(states[i], m), mesh)
-            st, h = fn(st, hps[i], tokens_d, labels_d)
+            st, h = fn(st, hps[i], tokens_d)
             states[i] = st if single else _slice_runs(placement.tree_to_host(st), 0, b - a)
             parts.append({key: placement.to_host(v)[: b - a] for key, v in h.items()})
         h_all = {key: np.concatenate([pt[key] for pt in parts], axis=0) for key in HISTORY_FIELDS}

@@ -3,9 +3,9 @@
 ``train_chunk`` is a ``lax.scan`` over K full-batch AdamW steps of one network; the population
 program maps it over the run axis R — ``jit(vmap(train_chunk))`` (:func:`compiled_chunk`), or, as
 :func:`train_population` runs it, sharded over devices in groups that fit each device
-(:mod:`phasespace.training.program`). Per-network learning rate, weight decay, attention rate, softmax scale
-and train split are data, so one program serves a whole grid. The host touches arrays only
-between chunks.
+(:mod:`phasespace.training.program`). Per-network learning rate, weight decay, attention rate, softmax scale,
+train split and labels (the network's operation) are data, so one program serves a whole grid.
+The host touches arrays only between chunks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import optax
 from phasespace.defaults import COLLAPSE_DROP, FULL_ACCURACY, RECIPE_DEFAULTS
 from phasespace.models.fast import logits_table
 from phasespace.models.transformer import TransformerArch
+from phasespace.operations import ADDITION
 from phasespace.spec.networks import Recipe
 from phasespace.tasks import all_pairs
 
@@ -178,9 +179,11 @@ class TrainState(NamedTuple):
 HISTORY_FIELDS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
 
-def table(arch: TransformerArch) -> tuple[jax.Array, jax.Array]:
-    """All p² inputs and labels of the bucket's task, on device: int32 (p², n_ctx) and (p²,)."""
-    tokens, labels = all_pairs(arch.task)
+def table(arch: TransformerArch, operation: str = ADDITION) -> tuple[jax.Array, jax.Array]:
+    """All p² inputs of the bucket's task and their labels under ``operation`` (default:
+    addition), on device: int32 (p², n_ctx) and (p²,). (Training reads each network's labels
+    from its ``hp["labels"]``.)"""
+    tokens, labels = all_pairs(arch.task, operation)
     return jnp.asarray(tokens), jnp.asarray(labels)
 
 
@@ -226,6 +229,8 @@ def evaluate(
     """One network over the full table: train loss and split statistics
     (:func:`split_statistics`).
 
+    ``labels`` are this network's, int32 (p²,) (``hp["labels"]`` in :func:`train_chunk`).
+
     ``fast`` selects the exact fast path for 1-layer, two-token buckets
     (:func:`phasespace.models.fast.logits_table`).
 
@@ -263,18 +268,20 @@ def train_chunk(
     state: TrainState,
     hp: dict[str, jax.Array],
     tokens: jax.Array,
-    labels: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``n_steps`` full-batch AdamW steps of one network (a ``lax.scan``).
 
     The loss and accuracies of each step are those of the parameters *before* that step's update
-    (one forward over all p² pairs yields both the gradient and the held-out accuracy).
+    (one forward over all p² pairs yields both the gradient and the held-out accuracy). The
+    labels are the network's own, ``hp["labels"]`` int32 (p²,) (its operation); ``tokens`` int32
+    (p², n_ctx) is the table shared by every network of the bucket.
 
     Returns:
         ``(state, history)``: the advanced state and float32 arrays of shape (n_steps,) for each
         of :data:`HISTORY_FIELDS`.
     """
     tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
+    labels = hp["labels"]
     grad_fn = jax.value_and_grad(lambda p: evaluate(arch, p, hp, tokens, labels, recipe.fast), has_aux=True)
 
     def step(s: TrainState, _):
