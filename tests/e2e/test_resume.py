@@ -341,6 +341,8 @@ def _state(step, r=3):
         best_train_loss=rng.uniform(size=r).astype(np.float32),
         best_test_loss=np.r_[np.nan, rng.uniform(size=r - 1)].astype(np.float32),
         nonfinite_step=np.array([-1, step - 1, -1], np.int32),
+        stop_count=rng.integers(0, 5, r).astype(np.int32),
+        stopped_step=np.where(np.arange(r) == 2, step // 2, -1).astype(np.int32),
     )
 
 
