@@ -125,3 +125,7 @@ code's 0.99); the ``first_full_*`` records count exactly 1."""
 COLLAPSE_DROP = 0.1
 """A network collapsed when its final training or test accuracy is more than this below its best
 after reaching :data:`FULL_ACCURACY`."""
+
+DATA_ORDER_STREAM = 0x0DA7A
+"""Folded into a network's split-seed key (then the epoch) to draw its shuffled minibatch order
+(``[train] shuffle``), apart from the other streams of that seed."""

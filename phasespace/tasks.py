@@ -111,7 +111,35 @@ def train_mask(p: int, train_fraction: float, data_seed: int) -> np.ndarray:
             f"train_fraction={train_fraction!r} with p={p} gives {k} of {p * p} training pairs: "
             "both the train and the test split must be non-empty"
         )
-    perm = np.random.default_rng(int(data_seed)).permutation(p * p)
+    perm = split_order(p, data_seed)
     mask = np.zeros(p * p, dtype=bool)
     mask[perm[:k]] = True
     return mask
+
+
+def split_order(p: int, data_seed: int) -> np.ndarray:
+    """The random split's permutation of the p² pair indices (NumPy PCG64 seeded by
+    ``data_seed``): its first floor(f · p²) entries are the training set of
+    :func:`train_mask` for any f, in the order minibatch training visits them each epoch when
+    not shuffled (the reference's ``DataLoader(random_split(...)[0], shuffle=False)``).
+
+    Returns:
+        int64 array of shape (p²,), a permutation of 0 … p² − 1.
+    """
+    return np.random.default_rng(int(data_seed)).permutation(p * p)
+
+
+def split_rank(p: int, train_fraction: float, data_seed: int) -> np.ndarray:
+    """Each pair's position in the network's fixed epoch order: the training pairs get
+    0 … n_train − 1 in :func:`split_order`'s order, the held-out pairs n_train … p² − 1.
+
+    Returns:
+        int32 array of shape (p²,) (the inverse permutation of :func:`split_order`).
+
+    Raises:
+        ValueError: as :func:`train_mask`.
+    """
+    train_mask(p, train_fraction, data_seed)  # the same checks
+    rank = np.empty(p * p, np.int32)
+    rank[split_order(p, data_seed)] = np.arange(p * p, dtype=np.int32)
+    return rank

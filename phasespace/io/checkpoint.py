@@ -6,7 +6,7 @@ Layout under a sweep directory::
     checkpoints/<bucket key>/      an orbax ``CheckpointManager`` root, one per bucket
         <step>/state               the stacked :class:`~phasespace.training.step.TrainState` (params,
                                    AdamW state, step, first-full steps, collapse and non-finite
-                                   flags), one array per leaf, leading run axis R
+                                   flags, early-stop counter), one array per leaf, leading run axis R
         <step>/history             the logged training curves so far, (R, n_logged) + ``step``
         <step>/meta                JSON: the resolved spec's result fields, the bucket, its
                                    networks, the leaf paths/shapes/dtypes and a CRC-32 of each
@@ -20,9 +20,12 @@ Layout under a sweep directory::
 
 orbax writes each step into a temporary folder and renames it into place once complete, so a
 kill during a save leaves the previous checkpoint as the latest complete one; leftover temporary
-folders are removed when the manager opens. Training is deterministic (full batch, no PRNG after
-initialisation), so resuming from a checkpoint of step s reproduces the uninterrupted run bit for
-bit on the same backend.
+folders are removed when the manager opens. Training is deterministic (a minibatch order depends
+only on the network's data and the step, the early-stop counter is part of the state), so
+resuming from a checkpoint of step s reproduces the uninterrupted run bit for bit on the same
+backend. A checkpoint or spec stored before a state field or spec key was added resumes with the
+value that reproduces its behaviour (:data:`ADDED_LEAVES`,
+:data:`phasespace.spec.parse.ADDED_KEYS`).
 
 Refusals (before any compute): resuming with a spec whose result-changing fields differ
 (:class:`ResumeError` naming each field, its stored and its new value) and a second run writing
@@ -54,7 +57,7 @@ from jax.experimental import multihost_utils
 from phasespace.defaults import THRESHOLDS
 from phasespace.io import store
 from phasespace.population.buckets import Bucket
-from phasespace.spec.parse import AXES, MOVED_KEYS, SpecError, SweepSpec
+from phasespace.spec.parse import ADDED_KEYS, MOVED_KEYS, SpecError, SweepSpec
 from phasespace.training.step import HISTORY_FIELDS, TrainState
 
 T = TypeVar("T")
@@ -80,6 +83,11 @@ RESUME_FREE_TABLES = ("phase.", "resolved.")
 """Spec tables that may change too: the phase diagram's binning and thresholds are applied after
 training, to the finished table; ``resolved`` (in ``spec.json``, :meth:`SweepSpec.resolved`) is
 derived from the compared fields (and absent from the ``spec.json`` of older sweeps)."""
+
+ADDED_LEAVES: dict[str, int] = {".stop_count": 0, ".stopped_step": -1}
+"""State leaves added to format 2 since (the early-stop counter and step, the last fields of
+:class:`~phasespace.training.step.TrainState`) → their initial value: a checkpoint saved before
+them had no early stopping, so it resumes exactly with these values."""
 
 KEEP_CHECKPOINTS = 2
 """Complete checkpoints kept per bucket (the latest and one to fall back on)."""
@@ -119,8 +127,6 @@ def resume_fields(spec: SweepSpec | Mapping[str, Any]) -> dict[str, Any]:
     """
     d = spec.to_dict() if isinstance(spec, SweepSpec) else spec
     flat = _flatten(json.loads(json.dumps(d)))
-    if any(k.startswith("axes.") for k in flat):  # stored before the operation axis: addition
-        flat.setdefault("axes.operation", AXES["operation"])
     return {
         k: v
         for k, v in sorted(flat.items())
@@ -133,11 +139,13 @@ def spec_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
     Returns:
         One line per differing field, ``"<field>: <stored> (stored) ≠ <new> (this spec)"``,
-        sorted by field; a field missing on one side shows ``(absent)``.
+        sorted by field; a field missing on one side shows ``(absent)``, except a key of
+        :data:`~phasespace.spec.parse.ADDED_KEYS` missing from ``stored`` (a spec stored before
+        it existed), which compares as its value there.
     """
     lines = []
     for k in sorted(set(stored) | set(new)):
-        a, b = stored.get(k, "(absent)"), new.get(k, "(absent)")
+        a, b = stored.get(k, ADDED_KEYS.get(k, "(absent)")), new.get(k, "(absent)")
         if a != b:
             lines.append(f"{k}: {a!r} (stored) ≠ {b!r} (this spec)")
     return lines
@@ -314,6 +322,24 @@ def _leaf_names(tree: Any) -> list[str]:
 
 class _Corrupt(Exception):
     pass
+
+
+def _add_leaves(
+    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], names: Sequence[str], template: Sequence[Any]
+) -> Mapping[str, np.ndarray]:
+    """The state arrays of a checkpoint saved before the leaves of :data:`ADDED_LEAVES` existed,
+    with those leaves at their initial values (any other checkpoint unchanged)."""
+    stored = [leaf.get("path") for leaf in meta.get("leaves") or [] if isinstance(leaf, Mapping)]
+    missing = [n for n in names if n not in stored]
+    if not missing or len(stored) != len(arrays) or stored != [n for n in names if n in stored]:
+        return arrays
+    if any(n not in ADDED_LEAVES for n in missing):
+        return arrays  # not an older layout: _check_leaves names what is wrong
+    by_name = {n: arrays[f"{i:04d}"] for i, n in enumerate(stored)}
+    out = {}
+    for i, (n, t) in enumerate(zip(names, template, strict=True)):
+        out[f"{i:04d}"] = by_name[n] if n in by_name else np.full(t.shape, ADDED_LEAVES[n], t.dtype)
+    return out
 
 
 def _is_late_read_callback(unraisable: Any) -> bool:
@@ -566,6 +592,7 @@ class BucketCheckpoint:
                 bad = sorted(k for k in set(crc) | set(stored) if crc.get(k) != stored.get(k))
                 if bad:
                     raise _Corrupt(f"arrays {bad[:5]} do not match the checksums recorded at save time")
+                arrays = _add_leaves(arrays, meta, names, t_leaves)
                 leaves = self._check_leaves(arrays, names, t_leaves)
                 if meta.get("step") != step or any(
                     int(s) != step for s in np.ravel(leaves[names.index(".step")])

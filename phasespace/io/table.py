@@ -69,6 +69,7 @@ RUNS_SCHEMA: dict[str, str] = {
     "generalization_delay2": "float64",
     "collapsed": "bool",
     "nonfinite_step": "float64",
+    "stopped_step": "float64",
     "steps": "int64",
     # bookkeeping
     "degenerate": "str",

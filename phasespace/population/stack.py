@@ -26,8 +26,8 @@ import numpy as np
 
 from phasespace.models.registry import make_model, resize_params
 from phasespace.models.transformer import TransformerArch
-from phasespace.spec.networks import NetworkSpec
-from phasespace.tasks import operation_labels, train_mask
+from phasespace.spec.networks import NetworkSpec, Recipe
+from phasespace.tasks import operation_labels, split_rank, train_mask
 
 
 @functools.lru_cache(maxsize=256)
@@ -82,7 +82,8 @@ class Population:
         params: Flax parameter tree, leaves (R, ...) float32, zero-padded to D.
         hparams: per-network data, each with leading axis R: ``attention_rate`` (R,) float32,
             ``attn_scale`` (R,) float32, ``lr`` (R,) float32, ``weight_decay`` (R,) float32,
-            ``train_mask`` (R, p²) bool, ``labels`` (R, p²) int32 (each network's operation).
+            ``train_mask`` (R, p²) bool, ``labels`` (R, p²) int32 (each network's operation); with
+            minibatches also the data order (:func:`network_hparams`).
     """
 
     arch: TransformerArch
@@ -95,8 +96,11 @@ class Population:
         return len(self.networks)
 
 
-def build_population(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> Population:
-    """Initialise ``networks`` at their true widths and stack them, padded to ``arch.d_model``.
+def build_population(
+    arch: TransformerArch, networks: Sequence[NetworkSpec], recipe: Recipe | None = None
+) -> Population:
+    """Initialise ``networks`` at their true widths and stack them, padded to ``arch.d_model``
+    (``recipe``: the training recipe, whose minibatches need each network's data order).
 
     Raises:
         ValueError: if a network's width exceeds the bucket width, naming the network.
@@ -120,21 +124,28 @@ def build_population(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> 
         parts.append((idx, pad_params(p, true, arch)))
     order = np.argsort(np.concatenate([np.asarray(idx) for idx, _ in parts]))
     params = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0)[order], *[p for _, p in parts])
-    return Population(arch=arch, networks=networks, params=params, hparams=network_hparams(arch, networks))
+    hparams = network_hparams(arch, networks, recipe)
+    return Population(arch=arch, networks=networks, params=params, hparams=hparams)
 
 
-def network_hparams(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> dict[str, jax.Array]:
+def network_hparams(
+    arch: TransformerArch, networks: Sequence[NetworkSpec], recipe: Recipe | None = None
+) -> dict[str, jax.Array]:
     """The per-network data of :class:`Population` (``hparams``) for ``networks`` in ``arch``'s
     bucket: ``attention_rate``, ``attn_scale``, ``lr``, ``weight_decay`` (R,) float32,
     ``train_mask`` (R, p²) bool and ``labels`` (R, p²) int32, the labels of each network's
     operation in :func:`~phasespace.tasks.all_pairs` order (:func:`~phasespace.tasks.operation_labels`).
+    With minibatches (``recipe.batch_size`` an integer) also the data order: ``data_rank`` (R, p²)
+    int32, each pair's place in the fixed epoch order (:func:`phasespace.tasks.split_rank`), or with
+    ``recipe.shuffle`` ``data_seed`` (R,) uint32, the split seed the per-epoch orders are drawn from
+    (:func:`phasespace.training.step.batch_mask`).
 
     Raises:
         phasespace.operations.OperationError: a network's operation is not registered, or its
             function returns invalid labels.
     """
     tables = {op: operation_labels(op, arch.p) for op in dict.fromkeys(n.operation for n in networks)}
-    return {
+    hp: dict[str, jax.Array] = {
         "attention_rate": jnp.asarray([n.attention_rate for n in networks], jnp.float32),
         "attn_scale": jnp.asarray([attn_scale(n.d_model, arch.n_heads) for n in networks], jnp.float32),
         "lr": jnp.asarray([n.lr for n in networks], jnp.float32),
@@ -144,3 +155,10 @@ def network_hparams(arch: TransformerArch, networks: Sequence[NetworkSpec]) -> d
         ),
         "labels": jnp.asarray(np.stack([tables[n.operation] for n in networks]), jnp.int32),
     }
+    if recipe is not None and recipe.batch_size is not None:
+        if recipe.shuffle:
+            hp["data_seed"] = jnp.asarray(np.asarray([n.split_seed for n in networks], np.uint32))
+        else:
+            ranks = [split_rank(arch.p, n.train_fraction, n.split_seed) for n in networks]
+            hp["data_rank"] = jnp.asarray(np.stack(ranks))
+    return hp

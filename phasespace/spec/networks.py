@@ -32,10 +32,29 @@ class Recipe:
     fast: bool = True
     """Use the exact per-vocabulary computation (:mod:`phasespace.models.fast`) when the bucket
     allows it (1 layer, no equals token); False forces the plain Flax model."""
+    batch_size: int | None = None
+    """Training pairs per optimizer step: None = full batch (every training pair, every step);
+    an integer B ≥ 1 = minibatches of B pairs, the last batch of an epoch smaller (the reference
+    code's ``DataLoader(train, batch_size, shuffle=False)``). Static: it changes the program."""
+    shuffle: bool = False
+    """Minibatch order: False = the order of the network's random split in every epoch (the
+    reference); True = a fresh permutation each epoch, drawn from the split seed and the epoch."""
+    early_stop: tuple[float, int] | None = None
+    """The reference's early stopping ``(a, b)``: stop a network at the start of an epoch once
+    its test accuracy was ≥ a at b consecutive evaluations (one evaluation per step); None: off."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: must be one of {PRECISIONS}")
+        b = self.batch_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"batch_size={b!r}: must be None (full batch) or an integer ≥ 1")
+        if self.shuffle and b is None:
+            raise ValueError("shuffle=True: needs minibatches (an integer batch_size)")
+        if self.early_stop is not None:
+            a, n = self.early_stop
+            if not 0.0 <= a <= 1.0 or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"early_stop={self.early_stop!r}: must be (a in [0, 1], b an integer ≥ 1)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,9 @@ A spec has four tables::
     seed = 0
     [train]
     steps = 3000
+    batch_size = 512  # "full" (default: every training pair each step) or pairs per step
+    shuffle = false   # minibatch order: the split's order each epoch (false) or a fresh one (true)
+    early_stop = [1.0, 100]  # stop once test accuracy ≥ 1.0 at 100 consecutive steps; default false
     [analysis]
     n_triples = 100
     every = 1000      # record every metric every 1000 steps (metrics_history.npz); 0: off
@@ -41,6 +44,11 @@ n_layers blocks x ← act(W_in x + b_in); any n_layers, act, diff_vocab, eqn_sig
 ignores n_heads; the transformer's recipe). Neither has attention, so no attention rate: their
 runs-table ``attention_rate`` is NaN, the attention-rate axis is collapsed for them (one network
 per combination of the other axes) and a spec whose models all lack attention may not set it).
+``train.batch_size``, ``train.shuffle`` and ``train.early_stop`` are the reference code's
+options (:class:`phasespace.spec.networks.Recipe`): ``steps`` counts optimizer steps, each network
+has ceil(n_train / batch_size) batches per epoch (n_train is its own), the loss of a step is the
+mean over its batch, and the batch order is each network's own (from its split seed, per-network
+data). A network stopped early keeps its parameters frozen while the rest train on.
 ``train.b2`` and ``train.warmup_steps`` default to the family's recipe (transformer 0.98 / 10,
 MLP 0.999 / 0, SPEC §4).
 
@@ -105,8 +113,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "fast": True,
     "group_size": "auto",
     "memory_limit": "auto",
+    "batch_size": "full",
+    "shuffle": False,
+    "early_stop": False,
 }
-"""``None``: the model family's default (:data:`phasespace.defaults.RECIPE_DEFAULTS`)."""
+"""``None``: the model family's default (:data:`phasespace.defaults.RECIPE_DEFAULTS`).
+``batch_size``: ``"full"`` or an integer ≥ 1; ``early_stop``: false or ``[a, b]`` (see
+:class:`phasespace.spec.networks.Recipe`)."""
 ANALYSIS_DEFAULTS: dict[str, Any] = {
     "n_triples": N_TRIPLES,
     "triple_seed": TRIPLE_SEED,
@@ -151,6 +164,15 @@ MOVED_KEYS: dict[str, str] = {
     "analysis.di_threshold": "analysis.distance_irrelevance_threshold",
 }
 """Keys of earlier specs → their one name now; a spec using an old key is refused naming the new."""
+
+ADDED_KEYS: dict[str, Any] = {
+    "axes.operation": AXES["operation"],
+    "train.batch_size": "full",
+    "train.shuffle": False,
+    "train.early_stop": False,
+}
+"""Keys added since earlier sweeps were stored → the value that gives those sweeps' behaviour (a
+stored spec or checkpoint without the key compares as having it, so it still resumes)."""
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
@@ -223,6 +245,7 @@ class SweepSpec:
         for k, v in defaults.items():
             if t.get(k) is None:
                 t[k] = v
+        es = t["early_stop"]
         return Recipe(
             steps=int(t["steps"]),
             b1=float(t["b1"]),
@@ -231,6 +254,9 @@ class SweepSpec:
             warmup_steps=int(t["warmup_steps"]),
             precision=str(t["precision"]),
             fast=bool(t["fast"]),
+            batch_size=None if t["batch_size"] == "full" else int(t["batch_size"]),
+            shuffle=bool(t["shuffle"]),
+            early_stop=None if es is False else (float(es[0]), int(es[1])),
         )
 
     @property
@@ -520,7 +546,33 @@ def _check_train(train: dict[str, Any]) -> dict[str, Any]:
     eps = train["eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise SpecError(f"train.eps={eps!r}: must be a finite number > 0")
+    _check_minibatch(train)
     return train
+
+
+def _check_minibatch(train: dict[str, Any]) -> None:
+    bs = train["batch_size"]
+    if bs != "full" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+        raise SpecError(f'train.batch_size={bs!r}: must be "full" (every training pair) or an integer ≥ 1')
+    if not isinstance(train["shuffle"], bool):
+        raise SpecError(f"train.shuffle={train['shuffle']!r}: must be true or false")
+    if train["shuffle"] and bs == "full":
+        raise SpecError(
+            "train.shuffle=true: needs minibatches (train.batch_size an integer); a full batch has no order"
+        )
+    es = train["early_stop"]
+    if es is False:
+        return
+    ok = isinstance(es, (list, tuple)) and len(es) == 2
+    a, b = (es[0], es[1]) if ok else (None, None)
+    ok = ok and not isinstance(a, bool) and isinstance(a, (int, float)) and 0.0 <= a <= 1.0
+    ok = ok and not isinstance(b, bool) and isinstance(b, int) and b >= 1
+    if not ok:
+        raise SpecError(
+            f"train.early_stop={es!r}: must be false (off) or [a, b] with a test accuracy a in [0, 1] "
+            "and b ≥ 1 consecutive evaluations (the reference's early stop)"
+        )
+    train["early_stop"] = [float(a), int(b)]
 
 
 def _check_triples(analysis: Mapping[str, Any], given: bool, p_min: int) -> None:

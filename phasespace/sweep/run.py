@@ -213,7 +213,7 @@ def resume_bucket(
     recipe = spec.recipe_for(family(bucket.arch))
     every = int(spec.analysis.get("every", 0))
     plan = plan_bucket(bucket, spec)  # before the population: a refused size allocates nothing
-    pop = build_population(bucket.arch, [n.spec() for n in bucket.networks])
+    pop = build_population(bucket.arch, [n.spec() for n in bucket.networks], recipe)
     t = spec.train
     chunk = aligned_chunk(t["chunk_steps"], every)
     recorder = MetricsRecorder(bucket.arch, pop.hparams, spec.analysis, every) if every > 0 else None

@@ -47,10 +47,19 @@ def train_population(
 
     Raises:
         phasespace.training.memory.DeviceMemoryError: if one network per device does not fit.
+        ValueError: if ``recipe`` has minibatches and ``pop`` lacks their data order (build it
+            with ``build_population(..., recipe)``).
     """
 
     if chunk_steps <= 0:
         raise ValueError(f"chunk_steps={chunk_steps}: must be a positive number of steps")
+    if recipe.batch_size is not None:
+        need = "data_seed" if recipe.shuffle else "data_rank"
+        if need not in pop.hparams:
+            raise ValueError(
+                f"recipe.batch_size={recipe.batch_size}: the population has no minibatch order "
+                f"(hparams[{need!r}]); build it with build_population(arch, networks, recipe)"
+            )
     if layout is None:
         layout = plan_training(pop.arch, recipe, pop.size, chunk_steps).layout
     return train_sharded(pop.arch, pop.params, pop.hparams, recipe, layout, chunk_steps, state, on_chunk)

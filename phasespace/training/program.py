@@ -90,13 +90,18 @@ def _one_state_shape(arch: TransformerArch, recipe: Recipe) -> tuple[Any, Any]:
         "train_mask": jax.ShapeDtypeStruct((arch.p * arch.p,), jnp.bool_),
         "labels": jax.ShapeDtypeStruct((arch.p * arch.p,), jnp.int32),
     }
+    if recipe.batch_size is not None:  # the data order (phasespace.population.stack.network_hparams)
+        if recipe.shuffle:
+            hp["data_seed"] = jax.ShapeDtypeStruct((), jnp.uint32)
+        else:
+            hp["data_rank"] = jax.ShapeDtypeStruct((arch.p * arch.p,), jnp.int32)
     state = jax.eval_shape(functools.partial(init_state, recipe), params, hp)
     return state, hp
 
 
 def state_bytes_per_network(arch: TransformerArch, recipe: Recipe) -> int:
     """Bytes of one network's training state and per-network data (parameters, AdamW moments,
-    counters, hyperparameters, train mask, labels)."""
+    counters, hyperparameters, train mask, labels, minibatch order)."""
     state, hp = _one_state_shape(arch, recipe)
     leaves = jax.tree_util.tree_leaves((state, hp))
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves))

@@ -1,6 +1,7 @@
 """Training (SPEC §4): loss, optimizer and the vmapped, scanned step of a whole population.
 
-``train_chunk`` is a ``lax.scan`` over K full-batch AdamW steps of one network; the population
+``train_chunk`` is a ``lax.scan`` over K AdamW steps of one network (full batch, or the minibatches
+of :func:`batch_mask`, with the reference's early stopping when the recipe asks for it); the population
 program maps it over the run axis R — ``jit(vmap(train_chunk))`` (:func:`compiled_chunk`), or, as
 :func:`train_population` runs it, sharded over devices in groups that fit each device
 (:mod:`phasespace.training.program`). Per-network learning rate, weight decay, attention rate, softmax scale,
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from phasespace.defaults import COLLAPSE_DROP, FULL_ACCURACY, RECIPE_DEFAULTS
+from phasespace.defaults import COLLAPSE_DROP, DATA_ORDER_STREAM, FULL_ACCURACY, RECIPE_DEFAULTS
 from phasespace.models.fast import logits_table
 from phasespace.models.transformer import TransformerArch
 from phasespace.operations import ADDITION
@@ -160,6 +161,13 @@ class TrainState(NamedTuple):
         nonfinite_step: int32, step at which the loss, the parameters or the AdamW moments
             became NaN/inf; the network is frozen from then on at its last finite parameters and
             optimizer state (−1: never).
+        stop_count: int32, the reference's early-stop counter: consecutive evaluations (steps)
+            with test accuracy ≥ a (``recipe.early_stop``; stays 0 without early stopping).
+        stopped_step: int32, the step at whose start the network stopped early (its optimizer
+            steps taken); frozen from then on like a non-finite network (−1: never).
+
+    ``step`` counts the population's steps (the same for every network); a network stopped
+    early took ``stopped_step`` of them (:func:`run_record`'s ``steps``).
     """
 
     params: Any
@@ -174,6 +182,8 @@ class TrainState(NamedTuple):
     best_train_loss: jax.Array
     best_test_loss: jax.Array
     nonfinite_step: jax.Array
+    stop_count: jax.Array
+    stopped_step: jax.Array
 
 
 HISTORY_FIELDS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
@@ -225,6 +235,7 @@ def evaluate(
     tokens: jax.Array,
     labels: jax.Array,
     fast: bool = True,
+    batch: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """One network over the full table: train loss and split statistics
     (:func:`split_statistics`).
@@ -232,20 +243,77 @@ def evaluate(
     ``labels`` are this network's, int32 (p²,) (``hp["labels"]`` in :func:`train_chunk`).
 
     ``fast`` selects the exact fast path for 1-layer, two-token buckets
-    (:func:`phasespace.models.fast.logits_table`).
+    (:func:`phasespace.models.fast.logits_table`). ``batch`` (bool (p²,), a subset of the
+    training pairs, :func:`batch_mask`): the returned loss is the mean over that batch instead
+    (so its gradient is the minibatch gradient), and ``stats["train_loss"]`` holds the full
+    training loss.
 
     Returns:
-        ``(train_loss, stats)``: float32 scalar mean cross-entropy over the training pairs, and a
-        dict with ``test_loss``, ``train_correct``/``test_correct`` (int32 counts),
-        ``train_accuracy``/``test_accuracy`` (float32, exactly 1.0 when perfect) and ``logits``
-        (p², V).
+        ``(loss, stats)``: float32 scalar mean cross-entropy over the training pairs (or over
+        ``batch``), and a dict with ``test_loss``, ``train_correct``/``test_correct`` (int32
+        counts), ``train_accuracy``/``test_accuracy`` (float32, exactly 1.0 when perfect),
+        ``logits`` (p², V) and, with ``batch``, ``train_loss``.
     """
     logits = logits_table(arch, params, hp["attention_rate"], hp["attn_scale"], tokens, fast)
     s = split_statistics(logits, labels, hp["train_mask"])
     keys = ("test_loss", "train_correct", "test_correct", "train_accuracy", "test_accuracy")
     stats = {k: s[k] for k in keys}
     stats["logits"] = logits
-    return s["train_loss"], stats
+    if batch is None:
+        return s["train_loss"], stats
+    stats["train_loss"] = s["train_loss"]
+    return jnp.sum(jnp.where(batch, s["losses"], 0.0)) / jnp.sum(batch), stats
+
+
+def batch_mask(recipe: Recipe, hp: dict[str, jax.Array], step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The minibatch of one network at optimizer step ``step`` (the reference code's
+    ``DataLoader(train_dataset, batch_size, shuffle=False)``, drop_last off).
+
+    With B = ``recipe.batch_size`` and n_train = Σ ``hp["train_mask"]``, an epoch has
+    n_b = ceil(n_train / B) batches; step t uses batch j = t mod n_b of epoch e = t // n_b: the
+    training pairs whose place in the epoch's order is in [jB, (j + 1)B) (the last batch holds
+    the n_train − (n_b − 1)B left). The order is ``hp["data_rank"]`` in every epoch (the random
+    split's order, :func:`phasespace.tasks.split_rank`) or, with ``recipe.shuffle``, a uniform
+    permutation of the training pairs drawn from ``jax.random.key(hp["data_seed"])`` folded
+    with :data:`~phasespace.defaults.DATA_ORDER_STREAM` and e (:func:`epoch_rank`). It
+    depends only on the network's data and t, not on how the steps are chunked.
+
+    Args:
+        recipe: static; ``batch_size`` an integer.
+        hp: one network's data (``train_mask`` (p²,) bool, and ``data_rank`` (p²,) int32 or
+            ``data_seed`` () uint32).
+        step: int32 scalar t.
+
+    Returns:
+        ``(batch, epoch_start)``: bool (p²,), the pairs of step t's batch, and bool scalar,
+        whether t starts an epoch (j = 0).
+    """
+    size = recipe.batch_size
+    if size is None:
+        raise ValueError("batch_mask: recipe.batch_size is None (full batch)")
+    train = hp["train_mask"]
+    n_batches = (jnp.sum(train, dtype=jnp.int32) + size - 1) // size
+    epoch, j = step // n_batches, step % n_batches
+    rank = epoch_rank(hp["data_seed"], epoch, train) if recipe.shuffle else hp["data_rank"]
+    return train & (rank // size == j), j == 0
+
+
+def epoch_rank(data_seed: jax.Array, epoch: jax.Array, train: jax.Array) -> jax.Array:
+    """Each pair's place in a shuffled epoch: the training pairs get 0 … n_train − 1 in the
+    order of a uniform random permutation (``jax.random.permutation`` of the p² indices, key
+    ``fold_in(fold_in(key(data_seed), DATA_ORDER_STREAM), epoch)``), the held-out pairs follow.
+
+    Args:
+        data_seed: uint32 scalar, the network's split seed; epoch: int32 scalar; train: bool (p²,).
+
+    Returns:
+        int32 (p²,), a permutation of 0 … p² − 1.
+    """
+    n = train.shape[0]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(data_seed), DATA_ORDER_STREAM), epoch)
+    perm = jax.random.permutation(key, n)
+    order = perm[jnp.argsort(~train[perm], stable=True)]  # training pairs first, permuted order kept
+    return jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
 
 
 def init_state(recipe: Recipe, params: Any, hp: dict[str, jax.Array]) -> TrainState:
@@ -253,7 +321,20 @@ def init_state(recipe: Recipe, params: Any, hp: dict[str, jax.Array]) -> TrainSt
     tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
     minus1, nan = jnp.int32(-1), jnp.float32(jnp.nan)
     return TrainState(
-        params, tx.init(params), jnp.int32(0), minus1, minus1, minus1, minus1, nan, nan, nan, nan, minus1
+        params,
+        tx.init(params),
+        jnp.int32(0),
+        minus1,
+        minus1,
+        minus1,
+        minus1,
+        nan,
+        nan,
+        nan,
+        nan,
+        minus1,
+        jnp.int32(0),
+        minus1,
     )
 
 
@@ -269,12 +350,20 @@ def train_chunk(
     hp: dict[str, jax.Array],
     tokens: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """``n_steps`` full-batch AdamW steps of one network (a ``lax.scan``).
+    """``n_steps`` AdamW steps of one network (a ``lax.scan``).
 
     The loss and accuracies of each step are those of the parameters *before* that step's update
-    (one forward over all p² pairs yields both the gradient and the held-out accuracy). The
-    labels are the network's own, ``hp["labels"]`` int32 (p²,) (its operation); ``tokens`` int32
-    (p², n_ctx) is the table shared by every network of the bucket.
+    over the full train and test splits (one forward over all p² pairs yields both the gradient
+    and the held-out accuracy). With ``recipe.batch_size`` the gradient is that of the mean loss
+    over the step's minibatch (:func:`batch_mask`; the forward still covers every pair, the
+    other pairs get zero weight), the recorded losses and accuracies stay those of the full
+    splits. With ``recipe.early_stop = (a, b)`` (the reference's rule) every step's evaluation
+    counts consecutive test accuracies ≥ a (``stop_count``); at the start of an epoch (every
+    step with full batches) a network whose count is ≥ b stops: its parameters and optimizer
+    state stay frozen, ``stopped_step`` records the step, its later evaluations repeat its
+    frozen parameters' and no longer enter the run record.
+    The labels are the network's own, ``hp["labels"]`` int32 (p²,) (its operation); ``tokens``
+    int32 (p², n_ctx) is the table shared by every network of the bucket.
 
     Returns:
         ``(state, history)``: the advanced state and float32 arrays of shape (n_steps,) for each
@@ -282,14 +371,31 @@ def train_chunk(
     """
     tx = make_optimizer(hp["lr"], hp["weight_decay"], recipe.b1, recipe.b2, recipe.eps, recipe.warmup_steps)
     labels = hp["labels"]
-    grad_fn = jax.value_and_grad(lambda p: evaluate(arch, p, hp, tokens, labels, recipe.fast), has_aux=True)
+
+    def grad_fn(params: Any, batch: jax.Array | None):
+        fn = lambda p: evaluate(arch, p, hp, tokens, labels, recipe.fast, batch)
+        return jax.value_and_grad(fn, has_aux=True)(params)
 
     def step(s: TrainState, _):
-        (loss, st), grads = grad_fn(s.params)
+        if recipe.batch_size is None:
+            batch, epoch_start = None, jnp.bool_(True)
+        else:
+            batch, epoch_start = batch_mask(recipe, hp, s.step)
+        (loss, st), grads = grad_fn(s.params, batch)
+        if batch is not None:
+            loss = st["train_loss"]  # the recorded loss: the full training split's
         updates, opt_state = tx.update(grads, s.opt_state, s.params)
         params = optax.apply_updates(s.params, updates)
         alive = s.nonfinite_step < 0
         ok = jnp.isfinite(loss) & _all_finite(params) & _all_finite(opt_state)
+        stop_count, stopped_step = s.stop_count, s.stopped_step
+        if recipe.early_stop is not None:
+            a, b = recipe.early_stop
+            stopping = (s.stopped_step < 0) & epoch_start & (s.stop_count >= b)
+            stopped_step = jnp.where(stopping, s.step, s.stopped_step)
+            alive = alive & (stopped_step < 0)
+            hit = st["test_accuracy"] >= jnp.float32(a)
+            stop_count = jnp.where(alive, jnp.where(hit, s.stop_count + 1, 0), s.stop_count)
         keep = alive & ok
         params = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), params, s.params)
         opt_state = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), opt_state, s.opt_state)
@@ -318,6 +424,8 @@ def train_chunk(
             best_train_loss=best(s.best_train_loss, loss.astype(jnp.float32), jnp.fmin),
             best_test_loss=best(s.best_test_loss, st["test_loss"].astype(jnp.float32), jnp.fmin),
             nonfinite_step=jnp.where(alive & ~ok, s.step, s.nonfinite_step),
+            stop_count=stop_count,
+            stopped_step=stopped_step,
         )
         hist = {
             "train_loss": loss,
@@ -347,6 +455,7 @@ RECORD_COLUMNS = (
     "generalization_delay2",
     "collapsed",
     "nonfinite_step",
+    "stopped_step",
     "steps",
 )
 """Runs-table columns of :func:`run_record`."""
@@ -355,8 +464,8 @@ RECORD_COLUMNS = (
 def run_record(state: TrainState, final: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The run record of R networks from their final state and final metrics (host, NumPy).
 
-    The final parameters (step ``state.step``, which no training step evaluated) count as one
-    more step: best values, first steps and collapse all include ``final``.
+    The final parameters (the step after the last one taken, which no training step evaluated)
+    count as one more step: best values, first steps and collapse all include ``final``.
 
     Args:
         state: the trained population's state (leaves (R, ...); ``params``/``opt_state`` unused).
@@ -379,9 +488,11 @@ def run_record(state: TrainState, final: Mapping[str, Any]) -> dict[str, np.ndar
           final accuracy is more than :data:`~phasespace.defaults.COLLAPSE_DROP` (0.1) below the
           best.
         * ``nonfinite_step``: step at which the network became non-finite (float64, NaN: never);
-          ``steps``: optimizer steps taken (int64).
+          ``stopped_step``: step at whose start it stopped early (float64, NaN: never);
+          ``steps``: optimizer steps taken (int64; ``stopped_step`` for a network stopped early).
     """
-    step = np.asarray(state.step).astype(np.int64)
+    stopped = np.asarray(state.stopped_step).astype(np.int64)
+    step = np.where(stopped >= 0, stopped, np.asarray(state.step).astype(np.int64))
     out: dict[str, np.ndarray] = {}
     collapsed = np.zeros(step.shape, bool)
     for split in ("train", "test"):
@@ -405,6 +516,7 @@ def run_record(state: TrainState, final: Mapping[str, Any]) -> dict[str, np.ndar
     out["collapsed"] = collapsed
     nonfinite = np.asarray(state.nonfinite_step).astype(np.int64)
     out["nonfinite_step"] = np.where(nonfinite >= 0, nonfinite, np.nan)
+    out["stopped_step"] = np.where(stopped >= 0, stopped, np.nan)
     out["steps"] = step
     return {k: out[k] for k in RECORD_COLUMNS}
 

@@ -341,6 +341,8 @@ def _state(step, r=3):
         best_train_loss=rng.uniform(size=r).astype(np.float32),
         best_test_loss=np.r_[np.nan, rng.uniform(size=r - 1)].astype(np.float32),
         nonfinite_step=np.array([-1, step - 1, -1], np.int32),
+        stop_count=rng.integers(0, 5, r).astype(np.int32),
+        stopped_step=np.where(np.arange(r) == 2, step // 2, -1).astype(np.int32),
     )
 
 
@@ -374,6 +376,28 @@ def test_run_record_fields_are_checkpointed(tmp_path):
     assert (
         np.asarray(state.best_train_accuracy).tolist() != np.asarray(_state(0).best_train_accuracy).tolist()
     )
+
+
+def test_checkpoint_saved_before_early_stopping_resumes_with_its_initial_values(tmp_path):
+    """A checkpoint whose state lacks the early-stop fields (saved before they existed, so
+    without early stopping) and whose recorded spec lacks the minibatch/early-stop keys resumes:
+    every stored leaf as saved, the counter 0 and the stop step −1 (never)."""
+    import typing
+
+    names = TrainState._fields[:-2]
+    assert TrainState._fields[-2:] == ("stop_count", "stopped_step")
+    Old = typing.NamedTuple("TrainState", [(n, typing.Any) for n in names])
+    saved = _state(20)
+    ck = _bucket_ckpt(tmp_path / BUCKET)
+    ck.fields = {k: v for k, v in ck.fields.items() if k not in checkpoint.ADDED_KEYS}
+    ck.save(Old(*(getattr(saved, n) for n in names)), _hist(20))
+    ck.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state, hist = _bucket_ckpt(tmp_path / BUCKET).restore(_state(0))
+    want = saved._replace(stop_count=np.zeros(3, np.int32), stopped_step=np.full(3, -1, np.int32))
+    assert _same(state, want) and _same(hist, _hist(20))
+    assert np.asarray(state.stopped_step).dtype == np.int32
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -522,3 +546,39 @@ def test_metrics_along_training_survive_a_kill(work):
         np.testing.assert_array_equal(x["step"], [0, 20, 40, 60])
         for k in x.files:
             assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), k
+
+
+@pytest.mark.slow  # long; run with `pytest -m slow` (see the README)
+def test_minibatch_sweep_with_early_stopping_survives_a_kill(work):
+    """Shuffled minibatches (39 training pairs, batches of 10) with early_stop = [0, 45]: killed
+    after the step-40 checkpoint, the resume continues the same batch order and early-stop count
+    (every network stops at the start of the epoch at step 48) and gives the uninterrupted
+    results."""
+    spec = os.path.join(str(work.root), "minibatch.toml")
+    with open(work.spec) as f:
+        text = f.read()
+    with open(spec, "w") as f:
+        f.write(
+            text.replace(
+                "log_every = 7\n", "log_every = 7\nbatch_size = 10\nshuffle = true\nearly_stop = [0.0, 45]\n"
+            )
+        )
+
+    def run(kill, out):
+        return subprocess.run(
+            [sys.executable, DRIVER, kill, spec, str(out)],
+            env=work.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    ref, out = work.root / "minibatch_ref", work.root / "minibatch_killed"
+    assert run("none", ref).returncode == 0
+    r = run("chunk:50:wait=40", out)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    r = run("none", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_results(str(ref), str(out))
+    runs = store.load_sweep(str(out)).runs
+    assert runs["stopped_step"].tolist() == [48.0] * 4 and runs["steps"].tolist() == [48] * 4

@@ -114,6 +114,9 @@ def test_resolved_spec_records_each_family_recipe_and_the_split_seed():
             "warmup_steps": 10,
             "precision": "float32",
             "fast": True,
+            "batch_size": None,
+            "shuffle": False,
+            "early_stop": None,
         }
     }
     assert r["resolved"]["data_seed"] == "seed"

@@ -154,9 +154,12 @@ def _record_state(**fields):
         best_train_loss=np.nan,
         best_test_loss=np.nan,
         nonfinite_step=-1,
+        stop_count=0,
+        stopped_step=-1,
     )
     base.update(fields)
     ints = ("step", "first_full_train", "first_full_test", "first_solved_train", "first_solved_test")
+    ints += ("stop_count", "stopped_step")
     arrays = {
         k: np.asarray([v], np.int32 if k in ints or k == "nonfinite_step" else np.float32)
         for k, v in base.items()
@@ -210,3 +213,9 @@ def test_run_record_collapse_rule_and_missing_steps():
     )
     assert rec["best_train_accuracy"][0] == np.float32(0.2) and rec["best_train_loss"][0] == 3.0
     assert rec["nonfinite_step"][0] == 2.0 and np.isnan(rec["best_test_loss"][0])
+    assert np.isnan(rec["stopped_step"][0]) and rec["steps"][0] == 40
+    # stopped early at step 17 (of the population's 40): 17 steps taken; the final parameters
+    # (those of step 17) reaching accuracy 1 count as step 17
+    rec = run_record(_record_state(stopped_step=17, best_train_accuracy=0.5), _final(1.0, 0.2))
+    assert rec["stopped_step"][0] == 17.0 and rec["steps"][0] == 17
+    assert rec["first_full_train_step"][0] == 17.0
