@@ -7,7 +7,7 @@ import pytest
 from phasespace import operations
 from phasespace.analysis import classify
 from phasespace.defaults import ALGORITHMS
-from phasespace.io.checkpoint import resume_fields
+from phasespace.io.checkpoint import resume_fields, spec_diff
 from phasespace.operations import OperationError, register_operation, unregister_operation
 from phasespace.spec.parse import SpecError, parse_spec
 from phasespace.tasks import Task, all_pairs, is_addition, operation_labels
@@ -128,7 +128,11 @@ def test_resume_fields_of_a_spec_stored_before_the_operation_axis():
     new = parse_spec({"name": "x", "axes": {"p": 7}})
     old = new.to_dict()
     del old["axes"]["operation"]
-    assert resume_fields(old) == resume_fields(new)
+    assert spec_diff(resume_fields(old), resume_fields(new)) == []  # compares as addition
+    old["axes"]["operation"] = "sub"
+    assert spec_diff(resume_fields(old), resume_fields(new)) == [
+        "axes.operation: 'sub' (stored) ≠ 'add' (this spec)"
+    ]
 
 
 def test_classification_of_other_operations():
