@@ -680,8 +680,9 @@ def format_transitions(
     """α* per family and width bin as text (``phasespace run`` prints it): a block per family,
     one line per width bin, one column per subset and label (named as in ``phase.npz``,
     ``transition__<subset>__<label>__*``), each cell ``α* ± se (n networks)``, ``α* separable
-    (n)`` or ``— <status> (n)``; followed by a legend of the labels (with the thresholds in
-    ``arrays["options"]``) and of the statuses that occur."""
+    (n)`` or ``— <status> (n)``; families without a single network in any cell (models without
+    attention, other operations) are listed in one line instead; followed by a legend of the
+    labels (with the thresholds in ``arrays["options"]``) and of the statuses that occur."""
     edges = arrays[f"edges__{BIN_DIMS[0]}"]
     families = [str(x) for x in arrays.get(f"coord__{FAMILY_DIM}", np.asarray(["all"]))]
     labels = [k for k in labels if f"transition__all__{k}__alpha_star" in arrays]
@@ -690,7 +691,11 @@ def format_transitions(
     head = f"{'d_model':>12} " + " ".join(f"{s + ': ' + k:>{width}}" for s, k in cols)
     lines = ["transition attention rate α* per width bin (label probability 0.5 in a logistic fit on α)"]
     seen: set[str] = set()
+    empty = []
     for g, fam in enumerate(families):
+        if not any(np.any(arrays[f"transition__{s}__{k}__n"][g] > 0) for s, k in cols):
+            empty.append(fam)  # no network with an attention rate and metrics: one line below
+            continue
         lines.append(f"family {fam}:")
         lines.append(head)
         for b in range(len(edges) - 1):
@@ -709,6 +714,12 @@ def format_transitions(
                     cell = f"— {st} ({int(n)} networks)"
                 cells.append(f"{cell:>{width}}")
             lines.append(f"{name:>12} " + " ".join(cells))
+    if empty:
+        lines.append(
+            "no α* (no network in any width bin: a model without attention, an operation other than "
+            "addition, or every network left out as collapsed/diverged/non-finite) for:"
+        )
+        lines.extend(f"  family {fam}" for fam in empty)
     options = json.loads(str(arrays["options"])) if "options" in arrays else None
     lines.append("labels:")
     lines.extend(label_legend(options))

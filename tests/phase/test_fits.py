@@ -232,9 +232,13 @@ def test_phase_arrays_do_not_pool_families():
     cnt = arr["binned__all__gradient_symmetricity__count"]
     assert cnt.shape == (3, 1, 10) and cnt[0].sum() == 0 and cnt[1].sum() == cnt[2].sum() == 2000
     text = diagram.format_transitions(arr)
-    assert text.count("family model=") == 3 and "— too few (0 networks)" in text
+    assert text.count("family model=") == 3 and "family model=transformer p=23" in text
+    # the MLP family, with no network in any cell, is named once, not tabled
+    no_alpha = text.split("no α* (no network in any width bin")[1].splitlines()
+    assert no_alpha[1] == "  family model=mlp_alpha p=23 n_layers=1 act=relu diff_vocab=false eqn_sign=false"
+    assert no_alpha[2] == "labels:"
     assert "symmetric = gradient symmetricity > 0.98 (the Pizza side)" in text
-    assert "too few: fewer than two networks; no α*" in text and "grad sym" not in text
+    assert "too few" not in text and "grad sym" not in text  # (only statuses that occur are explained)
 
 
 def test_phase_figures_per_family_no_empty_and_robust(tmp_path, monkeypatch):
