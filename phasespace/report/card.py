@@ -731,7 +731,12 @@ def _plot_fve(ax: plt.Axes, found: list[dict[str, Any]]) -> None:
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("FVE of the isolated circle's logits")
     ax.legend(fontsize=8, loc="upper right", ncol=3)
-    ax.set_title("logit fit per isolated circle (FVE in %, SPEC §5.5)", fontsize=10)
+    ax.set_title(
+        "logit fit per isolated circle (FVE in %, SPEC §5.5)\n"
+        "FVE = 2ρ − 1: a template uncorrelated with the logits scores −100 % (e.g. the accompanying "
+        "template, meant for a circle at 2k, on a main circle)",
+        fontsize=9,
+    )
 
 
 def plot_training(card: Card, path: str) -> None:
