@@ -672,6 +672,23 @@ def named(arrays: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray, list
     return arrays[name], dims, {a: arrays[f"coord__{a}"] for a in dims}
 
 
+def families_without_alpha(arrays: Mapping[str, np.ndarray]) -> list[int]:
+    """Indices of the families (``coord__family``) with no network in any α* cell of any
+    subset and label (``transition__*__n`` all 0): a model without attention, an operation
+    other than addition, or every network left out. Their tables hold nothing but "too few";
+    the printout and the report name them once instead."""
+    keys = [k for k in arrays if k.startswith("transition__") and k.endswith("__n")]
+    if not keys:
+        return []
+    return [g for g in range(arrays[keys[0]].shape[0]) if not any(np.any(arrays[k][g] > 0) for k in keys)]
+
+
+NO_ALPHA_NOTE = (
+    "no α* (no network in any width bin: a model without attention, an operation other than "
+    "addition, or every network left out as collapsed/diverged/non-finite) for:"
+)
+
+
 def format_transitions(
     arrays: Mapping[str, np.ndarray],
     subsets: Sequence[str] = SUBSETS,
@@ -691,10 +708,9 @@ def format_transitions(
     head = f"{'d_model':>12} " + " ".join(f"{s + ': ' + k:>{width}}" for s, k in cols)
     lines = ["transition attention rate α* per width bin (label probability 0.5 in a logistic fit on α)"]
     seen: set[str] = set()
-    empty = []
+    skip = families_without_alpha(arrays)
     for g, fam in enumerate(families):
-        if not any(np.any(arrays[f"transition__{s}__{k}__n"][g] > 0) for s, k in cols):
-            empty.append(fam)  # no network with an attention rate and metrics: one line below
+        if g in skip:  # named once below
             continue
         lines.append(f"family {fam}:")
         lines.append(head)
@@ -714,12 +730,9 @@ def format_transitions(
                     cell = f"— {st} ({int(n)} networks)"
                 cells.append(f"{cell:>{width}}")
             lines.append(f"{name:>12} " + " ".join(cells))
-    if empty:
-        lines.append(
-            "no α* (no network in any width bin: a model without attention, an operation other than "
-            "addition, or every network left out as collapsed/diverged/non-finite) for:"
-        )
-        lines.extend(f"  family {fam}" for fam in empty)
+    if skip:
+        lines.append(NO_ALPHA_NOTE)
+        lines.extend(f"  family {families[g]}" for g in skip)
     options = json.loads(str(arrays["options"])) if "options" in arrays else None
     lines.append("labels:")
     lines.extend(label_legend(options))

@@ -234,7 +234,10 @@ def transition_section(phase: Mapping[str, np.ndarray]) -> str:
     )
     labels = _bin_labels(phase, "d_model_bin") if "edges__d_model_bin" in phase else []
     out = []
+    skip = diagram.families_without_alpha(phase)
     for g, fam in enumerate(_families(phase)):
+        if g in skip:
+            continue
         rows = []
         for b, lab in enumerate(labels):
             for subset, label in sorted(combos):
@@ -253,6 +256,11 @@ def transition_section(phase: Mapping[str, np.ndarray]) -> str:
                 "fraction of networks with each label per α bin (marker area ∝ count) and the "
                 "logistic fit; dashed: α*</figcaption></figure>"
             )
+    if skip:
+        fams = _families(phase)
+        out.append(f"<p>{_esc(diagram.NO_ALPHA_NOTE)}</p><ul>")
+        out.extend(f"<li>family {_esc(fams[g])}</li>" for g in skip)
+        out.append("</ul>")
     return "\n".join(out)
 
 

@@ -231,6 +231,11 @@ def test_phase_arrays_do_not_pool_families():
     assert arr["transition__all__symmetric__n_skipped"][0, 0] == 50
     cnt = arr["binned__all__gradient_symmetricity__count"]
     assert cnt.shape == (3, 1, 10) and cnt[0].sum() == 0 and cnt[1].sum() == cnt[2].sum() == 2000
+    assert diagram.families_without_alpha(arr) == [0]
+    from phasespace.report.page import transition_section
+
+    html = transition_section(arr)  # the report, like the printout, names the MLP family once
+    assert html.count("<h4>family") == 2 and "<li>family model=mlp_alpha p=23" in html
     text = diagram.format_transitions(arr)
     assert text.count("family model=") == 3 and "family model=transformer p=23" in text
     # the MLP family, with no network in any cell, is named once, not tabled
