@@ -155,3 +155,20 @@ def test_classification_of_other_operations():
     assert classify.left_out(runs).tolist() == [False, True, True, True]
     code = classify.algorithm([1.0, 1.0], [0.99, 0.5], [0.1, 0.9], addition=[True, False])
     assert [ALGORITHMS[c] for c in code] == ["pizza", "not-addition"]
+
+
+def test_operation_invalid_at_the_sweeps_p_claims_no_directory(tmp_path, capsys):
+    """Refused before anything is written: the run leaves neither its directory nor runs/."""
+    from phasespace.cli import main
+
+    register_operation("late_bad", lambda a, b, p: (a + b) % p if p < 10 else a + b)
+    try:
+        spec = tmp_path / "lb.toml"
+        spec.write_text('name = "lb"\n[axes]\np = 13\nd_model = 8\nn_heads = 2\noperation = "late_bad"\n')
+        out = tmp_path / "runs" / "lb"
+        assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "late_bad" in err and "p=13" in err and err.count("\n") == 1
+        assert not out.exists() and not out.parent.exists()
+    finally:
+        unregister_operation("late_bad")

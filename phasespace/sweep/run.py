@@ -37,6 +37,7 @@ from phasespace.sweep.derived import (
     runs_columns,
     write_results,
 )
+from phasespace.tasks import operation_labels
 from phasespace.training import placement
 from phasespace.training.loop import train_population
 from phasespace.training.memory import Plan, plan_training
@@ -365,9 +366,13 @@ def run_sweep(
     Raises:
         phasespace.io.checkpoint.ResumeError: before any compute, if ``out_dir`` holds a sweep of a
             different spec (naming the differing fields) or another run is writing it.
+        phasespace.operations.OperationError: before anything is written, if an operation is not
+            registered or its function gives invalid labels at a p of the spec.
     """
     networks = expand(spec) if networks is None else sorted(networks, key=lambda n: n.index)
     buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
+    for op, p in dict.fromkeys((n.values["operation"], n.values["p"]) for n in networks):
+        operation_labels(op, p)  # a registered function that fails at this p claims no directory
     main = placement.is_main_process()
     multi = jax.process_count() > 1
     if multi or not (main and check_sweep_dir(out_dir, spec)):
