@@ -88,8 +88,7 @@ def analyze_network(
     table_a, _ = embedding_tables(arch, params)
     out = {
         "loss": jnp.mean(split["losses"]),
-        "accuracy": jnp.sum(split["correct"]) / labels.shape[0],
-        **{k: split[k] for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy")},
+        **{k: split[k] for k in ("accuracy", "train_loss", "test_loss", "train_accuracy", "test_accuracy")},
         "gradient_symmetricity": gs,
         "gradient_symmetricity_zero_grads": zero,
         "distance_irrelevance": metrics.distance_irrelevance(logits, p),

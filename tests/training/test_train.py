@@ -7,7 +7,14 @@ import pytest
 from phasespace.models.transformer import TransformerArch
 from phasespace.population.stack import NetworkSpec, build_population
 from phasespace.training.loop import train_population
-from phasespace.training.step import Recipe, TrainState, cross_entropy, make_optimizer, run_record
+from phasespace.training.step import (
+    Recipe,
+    TrainState,
+    cross_entropy,
+    make_optimizer,
+    run_record,
+    split_statistics,
+)
 from tests.helpers.numpy_reference import cross_entropy as ce64
 
 
@@ -219,3 +226,19 @@ def test_run_record_collapse_rule_and_missing_steps():
     rec = run_record(_record_state(stopped_step=17, best_train_accuracy=0.5), _final(1.0, 0.2))
     assert rec["stopped_step"][0] == 17.0 and rec["steps"][0] == 17
     assert rec["first_full_train_step"][0] == 17.0
+
+
+def test_accuracy_over_all_pairs_is_the_correctly_rounded_count_ratio():
+    """At p = 11 a perfect network's accuracy is exactly 1.0 under jit(vmap) (XLA would multiply
+    by the float32 reciprocal of 121 and give 0.99999994), and every count k gives float32(k / 121)."""
+    p, R = 11, 122
+    labels = jnp.asarray(np.arange(p * p) % p, jnp.int32)
+    k = np.arange(R) % (p * p + 1)  # network r gets its first k[r] pairs right
+    right = np.arange(p * p)[None, :] < k[:, None]
+    wrong = (np.asarray(labels) + 1) % p
+    logits = jax.nn.one_hot(np.where(right, np.asarray(labels), wrong), p)
+    mask = np.random.default_rng(0).random((R, p * p)) < 0.8
+    stats = jax.jit(jax.vmap(split_statistics, in_axes=(0, None, 0)))(logits, labels, jnp.asarray(mask))
+    acc = np.asarray(stats["accuracy"])
+    assert acc[k == p * p].tolist() == [1.0]
+    np.testing.assert_array_equal(acc, (k / (p * p)).astype(np.float32))
