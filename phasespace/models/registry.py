@@ -167,30 +167,31 @@ def set_embedding_tables(arch: Arch, params: Any, table_a: Any, table_b: Any | N
 # (De)serialisation, for the arrays written beside a sweep
 
 
-def arch_to_dict(arch: Arch) -> dict[str, Any]:
-    """JSON-able description of an architecture (inverse: :func:`arch_from_dict`)."""
-    if isinstance(arch, MLPArch):
-        return {"model": family(arch), "p": arch.p, "d_model": arch.d_model}
-    if isinstance(arch, LinearformerArch):
-        return {
-            "model": "linearformer",
-            "p": arch.p,
-            "d_model": arch.d_model,
-            "n_layers": arch.n_layers,
-            "act": arch.act,
-            "diff_vocab": arch.diff_vocab,
-            "eqn_sign": arch.eqn_sign,
-        }
+def arch_columns(arch: Arch) -> dict[str, Any]:
+    """The runs-table columns of an architecture: ``model``, ``p``, ``d_model``, ``n_layers``,
+    ``act``, ``diff_vocab``, ``eqn_sign`` (families without some of them report their fixed
+    value, e.g. an MLP model's ``n_layers`` 1 and ``act`` "relu")."""
     return {
-        "model": "transformer",
+        "model": family(arch),
         "p": arch.p,
         "d_model": arch.d_model,
         "n_layers": arch.n_layers,
-        "n_heads": arch.n_heads,
         "act": arch.act,
         "diff_vocab": arch.diff_vocab,
         "eqn_sign": arch.eqn_sign,
     }
+
+
+def arch_to_dict(arch: Arch) -> dict[str, Any]:
+    """JSON-able description of an architecture (inverse: :func:`arch_from_dict`): the fields
+    :func:`make_arch` takes for its family (MLP models: model, p, d_model; the transformer adds
+    ``n_heads`` to :func:`arch_columns`)."""
+    if isinstance(arch, MLPArch):
+        return {"model": family(arch), "p": arch.p, "d_model": arch.d_model}
+    d = arch_columns(arch)
+    if isinstance(arch, TransformerArch):
+        d["n_heads"] = arch.n_heads
+    return d
 
 
 def arch_from_dict(d: dict[str, Any]) -> Arch:
@@ -205,6 +206,7 @@ __all__ = [
     "LinearformerArch",
     "MLPArch",
     "TransformerArch",
+    "arch_columns",
     "arch_from_dict",
     "arch_to_dict",
     "embed_method",

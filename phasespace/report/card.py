@@ -56,7 +56,7 @@ from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
 from phasespace.io.reference import load_reference_checkpoint, reference_labels
 from phasespace.models.fast import logits_table
-from phasespace.models.registry import Arch, embedding_tables, family
+from phasespace.models.registry import Arch, arch_columns, embedding_tables, family
 from phasespace.operations import ADDITION
 from phasespace.phase.figures import save_figure
 from phasespace.population.stack import attn_scale
@@ -271,14 +271,8 @@ def load_reference_network(folder: str, run: str) -> Network:
     alpha = 0.0 if no_attn else float(cfg.get("attn_coeff", 1.0))
     info = {
         "run": run,
-        "model": family(arch),
+        **arch_columns(arch),
         "attention_rate": float("nan") if no_attn else alpha,
-        "p": arch.p,
-        "d_model": arch.d_model,
-        "n_layers": arch.n_layers,
-        "act": arch.act,
-        "diff_vocab": arch.diff_vocab,
-        "eqn_sign": arch.eqn_sign,
     }
     return Network(
         name=run,

@@ -29,7 +29,7 @@ from phasespace.defaults import ATTENTION_FAMILIES
 from phasespace.io import store
 from phasespace.io.params import list_bucket_params, load_bucket_params
 from phasespace.io.reference import load_reference_checkpoint, read_reference_config, reference_labels
-from phasespace.models.registry import family
+from phasespace.models.registry import arch_columns, family
 from phasespace.population.stack import attn_scale
 from phasespace.spec.expand import expand
 from phasespace.spec.parse import (
@@ -114,14 +114,8 @@ def analyze_reference_checkpoints(
         for j, i in enumerate(idx):
             rows[i] = {
                 "run": loaded[i][0],
-                "model": family(arch),
+                **arch_columns(arch),
                 "attention_rate": np.nan if no_attn else float(hp["attention_rate"][j]),
-                "p": arch.p,
-                "d_model": arch.d_model,
-                "n_layers": arch.n_layers,
-                "act": arch.act,
-                "diff_vocab": arch.diff_vocab,
-                "eqn_sign": arch.eqn_sign,
                 **metric_values(scalars, arrays, j),
             }
     return rows, {**array_metrics(rows), "run": np.asarray([r["run"] for r in rows])}
