@@ -1,6 +1,8 @@
 """Initialisers and padding shared by the model families (SPEC §2–§3).
 
 * :func:`normal` is the reference code's N(0, 1)/√divisor initialiser;
+* :class:`TaskShape` gives every architecture its task, vocabulary, context length and
+  ``with_width`` from ``p``, ``diff_vocab``, ``eqn_sign`` and ``d_model``;
 * :func:`fit` slices or zero-pads an array's trailing axes, the one primitive behind every
   family's ``resize_params`` (width buckets: a network of true width d lives zero-padded in a
   bucket of width D ≥ d).
@@ -8,13 +10,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from phasespace.tasks import Task
+
+
+class TaskShape:
+    """Mixin of the frozen architecture dataclasses (fields or properties ``p``, ``d_model``,
+    ``diff_vocab``, ``eqn_sign``): the task they learn and its token shapes (SPEC §1)."""
+
+    p: int
+    d_model: int
+    diff_vocab: bool
+    eqn_sign: bool
+
+    @property
+    def task(self) -> Task:
+        return Task(self.p, self.diff_vocab, self.eqn_sign)
+
+    @property
+    def vocab(self) -> int:
+        """Vocabulary size V, also the number of logits (SPEC §1)."""
+        return self.task.vocab
+
+    @property
+    def n_ctx(self) -> int:
+        """Input tokens: 2, or 3 with the equals token."""
+        return self.task.n_ctx
+
+    def with_width(self, d_model: int) -> Self:
+        """The same architecture at width ``d_model``."""
+        return dataclasses.replace(self, d_model=d_model)  # type: ignore[type-var]
 
 
 def normal(divisor: float) -> Callable[..., jax.Array]:

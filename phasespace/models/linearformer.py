@@ -42,13 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from phasespace.defaults import ACTIVATIONS
-from phasespace.models.init import fit, normal
+from phasespace.models.init import TaskShape, fit, normal
 from phasespace.models.transformer import activation
-from phasespace.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearformerArch:
+class LinearformerArch(TaskShape):
     """Static shape of a Linearformer bucket.
 
     Attributes:
@@ -83,20 +82,6 @@ class LinearformerArch:
         return 1
 
     @property
-    def task(self) -> Task:
-        return Task(self.p, self.diff_vocab, self.eqn_sign)
-
-    @property
-    def vocab(self) -> int:
-        """Vocabulary size V, also the number of logits (SPEC §1)."""
-        return self.task.vocab
-
-    @property
-    def n_ctx(self) -> int:
-        """Input tokens: 2, or 3 with the equals token."""
-        return self.task.n_ctx
-
-    @property
     def d_embed(self) -> int:
         """Embedding width e = d_model // n_ctx."""
         return self.d_model // self.n_ctx
@@ -105,9 +90,6 @@ class LinearformerArch:
     def n_tail(self) -> int:
         """Zeros after the concatenated embeddings: d_model mod n_ctx."""
         return self.d_model - self.n_ctx * self.d_embed
-
-    def with_width(self, d_model: int) -> LinearformerArch:
-        return dataclasses.replace(self, d_model=d_model)
 
 
 class LinearBlock(nn.Module):

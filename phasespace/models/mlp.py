@@ -41,15 +41,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from phasespace.models.init import fit, normal
-from phasespace.tasks import Task
+from phasespace.models.init import TaskShape, fit, normal
 
 MLP_KINDS = {"A": "α", "X": "α′", "B": "β", "C": "γ", "D": "δ"}
 """Reference key → paper name of the MLP models (SPEC §3)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPArch:
+class MLPArch(TaskShape):
     """Static shape of an MLP-model bucket.
 
     Attributes:
@@ -93,18 +92,6 @@ class MLPArch:
         return "relu"
 
     @property
-    def task(self) -> Task:
-        return Task(self.p)
-
-    @property
-    def vocab(self) -> int:
-        return self.p
-
-    @property
-    def n_ctx(self) -> int:
-        return 2
-
-    @property
     def d_embed(self) -> int:
         """Embedding width e: d_model // 2 for δ (concatenation), d_model otherwise."""
         return self.d_model // 2 if self.kind == "D" else self.d_model
@@ -118,9 +105,6 @@ class MLPArch:
     def two_tables(self) -> bool:
         """α′ has separate embedding tables for the two operands."""
         return self.kind == "X"
-
-    def with_width(self, d_model: int) -> MLPArch:
-        return dataclasses.replace(self, d_model=d_model)
 
 
 def _uniform(bound: float):

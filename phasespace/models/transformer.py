@@ -31,12 +31,11 @@ import jax
 import jax.numpy as jnp
 
 from phasespace.defaults import ACTIVATIONS
-from phasespace.models.init import fit, normal
-from phasespace.tasks import Task
+from phasespace.models.init import TaskShape, fit, normal
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerArch:
+class TransformerArch(TaskShape):
     """Static shape of a transformer bucket: everything that changes the compiled program.
 
     Attributes:
@@ -66,29 +65,12 @@ class TransformerArch:
             )
 
     @property
-    def task(self) -> Task:
-        return Task(self.p, self.diff_vocab, self.eqn_sign)
-
-    @property
-    def vocab(self) -> int:
-        """Vocabulary size V (SPEC §1)."""
-        return self.task.vocab
-
-    @property
-    def n_ctx(self) -> int:
-        """Sequence length: 2, or 3 with the equals token."""
-        return self.task.n_ctx
-
-    @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
     @property
     def d_mlp(self) -> int:
         return 4 * self.d_model
-
-    def with_width(self, d_model: int) -> TransformerArch:
-        return dataclasses.replace(self, d_model=d_model)
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
