@@ -761,7 +761,11 @@ def plot_training(card: Card, path: str) -> None:
         for key, color in (("train_accuracy", "C0"), ("test_accuracy", "C1")):
             if key in h:
                 acc_ax.plot(step[pos], np.asarray(h[key])[pos], color=color, label=key.replace("_", " "))
-        for key, ls in (("first_full_train_step", ":"), ("first_full_test_step", "--")):
+        for key, ls in (
+            ("first_full_train_step", ":"),
+            ("first_full_test_step", "--"),
+            ("stopped_step", "-."),
+        ):
             v = net.info.get(key)
             if v is not None and np.isfinite(float(v)) and float(v) > 0:
                 label = f"{key.replace('_', ' ')} {int(v)}"
