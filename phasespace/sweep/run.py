@@ -371,13 +371,13 @@ def run_sweep(
     """
     networks = expand(spec) if networks is None else sorted(networks, key=lambda n: n.index)
     buckets = plan_buckets(networks, spec.buckets["max_buckets"], spec.buckets["max_waste"])
-    for op, p in dict.fromkeys((n.values["operation"], n.values["p"]) for n in networks):
-        operation_labels(op, p)  # a registered function that fails at this p claims no directory
     main = placement.is_main_process()
     multi = jax.process_count() > 1
     if multi or not (main and check_sweep_dir(out_dir, spec)):
         for b in buckets:  # a refused size claims no directory: nothing is written yet
             plan_bucket(b, spec)
+    for op, p in dict.fromkeys((n.values["operation"], n.values["p"]) for n in networks):
+        operation_labels(op, p)  # (after the size check) a function failing at p claims no directory
     resuming = prepare_directory(spec, out_dir, spec_path) if main else False
     env = environment(spec)
     env["padding"] = padding_report(buckets)
